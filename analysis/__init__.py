@@ -1,0 +1,1 @@
+"""Analysis of signal and gradient propagation (Jacobians, spectra, Lyapunov exponents)."""

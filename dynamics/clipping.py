@@ -1,0 +1,42 @@
+"""Global-norm gradient clipping with the semantics of ``torch.nn.utils.clip_grad_norm_``."""
+import numpy as np
+
+from dynamics.validation import check_choice
+
+INPUT_KEYS = ("x", "h0", "c0")
+
+
+def clip_grad_norm(grads, max_norm, norm_type=2.0, ensemble=False):
+    """Scale the parameter gradients in ``grads`` in place so their joint norm <= max_norm.
+
+    As torch: ``total = norm(all parameter gradients)``, and every gradient is multiplied
+    by ``min(1, max_norm / (total + 1e-6))``. The input gradients ``x``, ``h0``, ``c0``
+    are neither counted nor scaled. With ``ensemble=True`` the leading axis indexes
+    independent networks and each is clipped on its own; ``total`` is then (E,).
+
+    Returns the total norm before clipping.
+
+    >>> import numpy as np
+    >>> g = {"weight_hh_l0": np.full((2, 2), 3.0), "bias_hh_l0": np.zeros(2)}
+    >>> float(clip_grad_norm(g, 1.0)), round(float(np.linalg.norm(g["weight_hh_l0"])), 5)
+    (6.0, 1.0)
+    """
+    norm_type = float(check_choice("norm_type", float(norm_type), (1.0, 2.0, float("inf"))))
+    max_norm = float(max_norm)
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    params = [np.asarray(g) for k, g in grads.items() if k not in INPUT_KEYS]
+    if not params:
+        raise ValueError("grads holds no parameter gradients")
+    axes = (lambda g: tuple(range(1, g.ndim))) if ensemble else (lambda g: None)
+    if norm_type == float("inf"):
+        total = np.max([np.max(np.abs(g), axis=axes(g)) for g in params], axis=0)
+    else:
+        total = np.sum([np.sum(np.abs(g) ** norm_type, axis=axes(g)) for g in params],
+                       axis=0) ** (1.0 / norm_type)
+    scale = np.minimum(1.0, max_norm / (total + 1e-6))
+    for key, g in grads.items():
+        if key not in INPUT_KEYS:
+            shape = (-1,) + (1,) * (np.ndim(g) - 1) if ensemble else ()
+            grads[key] = (g * np.reshape(scale, shape)).astype(np.asarray(g).dtype, copy=False)
+    return total

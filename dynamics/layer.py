@@ -1,0 +1,96 @@
+"""One layer-direction on the CPU: allocate, launch the kernels, keep the tape.
+
+Everything here works on validated, member-major arrays (see ``kernels.sequence``);
+``dynamics.propagation`` converts from and to the user's time-major layout.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.cells import LSTM, saved_width
+from kernels.projections import parameter_and_input_gradients, project_inputs
+from kernels.sequence import sequence_backward, sequence_forward
+
+
+def _members(array, dtype):
+    """A parameter as a C-contiguous (E, ...) array in ``dtype`` (E = 1 for one network)."""
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+@dataclass
+class LayerTape:
+    """What one layer-direction's forward pass leaves for its backward pass."""
+
+    cell: object
+    reverse: bool
+    x: np.ndarray        # (T, B, D) shared by all members, or (E, T, B, D)
+    weight_ih: np.ndarray
+    weight_hh: np.ndarray
+    bias_hh: np.ndarray
+    h0: np.ndarray       # (E, B, H)
+    c0: np.ndarray       # (E, B, H) for LSTM, (E, B, 0) otherwise
+    p: np.ndarray        # (E, T, B, saved width)
+    hs: np.ndarray       # (E, T, B, H)
+    cs: np.ndarray       # (E, T, B, H) for LSTM, (E, T, B, 0) otherwise
+
+    @property
+    def h_n(self):
+        """The state after the last processed step (h0 when T = 0)."""
+        if self.hs.shape[1] == 0:
+            return self.h0
+        return self.hs[:, 0 if self.reverse else -1]
+
+    @property
+    def c_n(self):
+        if self.cs.shape[1] == 0:
+            return self.c0
+        return self.cs[:, 0 if self.reverse else -1]
+
+
+def layer_forward(cell, x, h0, c0, reverse):
+    """Run ``cell`` over ``x``; ``h0``/``c0`` are (E, B, H) in the run's dtype."""
+    dtype = h0.dtype
+    n_members, batch, hidden = h0.shape
+    n_steps = x.shape[-3]
+    params = [np.ascontiguousarray(a, dtype=dtype) for a in
+              (cell.weight_ih, cell.weight_hh) + ((cell.bias_ih, cell.bias_hh) if cell.bias else ())]
+    weight_ih, weight_hh = (np.broadcast_to(w, (n_members,) + w.shape[-2:]) for w in params[:2])
+    rows = weight_hh.shape[1]
+    if cell.bias:
+        bias_ih, bias_hh = (np.ascontiguousarray(np.broadcast_to(b, (n_members, rows)))
+                            for b in params[2:])
+    else:
+        bias_ih = bias_hh = np.zeros((n_members, rows), dtype)
+    cell_width = hidden if cell.code == LSTM else 0
+    p = np.empty((n_members, n_steps, batch, saved_width(cell.code, hidden)), dtype)
+    hs = np.empty((n_members, n_steps, batch, hidden), dtype)
+    cs = np.empty((n_members, n_steps, batch, cell_width), dtype)
+    if n_steps:
+        project_inputs(x, weight_ih, bias_ih, p)
+        w_hh_t = np.ascontiguousarray(weight_hh.transpose(0, 2, 1))
+        sequence_forward(cell.code, reverse, p, w_hh_t, bias_hh, h0, c0, hs, cs)
+    return LayerTape(cell, reverse, x, np.ascontiguousarray(weight_ih),
+                     np.ascontiguousarray(weight_hh), bias_hh, h0, c0, p, hs, cs)
+
+
+def layer_backward(tape, grad_hs, grad_h_n, grad_c_n, truncation, grad_x):
+    """Backpropagate through one layer-direction; consumes ``tape.p``.
+
+    ``grad_hs`` (E, T, B, H) is dL/dh_t from above; ``grad_h_n``/``grad_c_n`` (E, B, H)
+    the gradients of the final state. Adds dL/dx into ``grad_x`` and returns
+    (parameter gradients as (E, ...) arrays keyed by torch's names, dL/dh0, dL/dc0).
+    """
+    dh0 = np.array(grad_h_n, dtype=tape.h0.dtype, order="C")
+    dc0 = np.array(grad_c_n, dtype=tape.h0.dtype, order="C")
+    grads = {name: np.zeros_like(array) for name, array in
+             (("weight_ih", tape.weight_ih), ("weight_hh", tape.weight_hh),
+              ("bias_ih", tape.bias_hh), ("bias_hh", tape.bias_hh))}
+    if tape.p.shape[1]:
+        sequence_backward(tape.cell.code, tape.reverse, truncation, tape.p, tape.weight_hh,
+                          tape.h0, tape.c0, tape.hs, tape.cs, grad_hs, dh0, dc0)
+        parameter_and_input_gradients(tape.cell.code, tape.reverse, tape.x, tape.p, tape.hs,
+                                      tape.h0, tape.weight_ih, grad_x, grads["weight_ih"],
+                                      grads["weight_hh"], grads["bias_ih"], grads["bias_hh"])
+    if not tape.cell.bias:
+        del grads["bias_ih"], grads["bias_hh"]
+    return grads, dh0, dc0

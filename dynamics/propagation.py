@@ -1,0 +1,194 @@
+"""``forward`` and ``bptt`` over networks: validation, layout, and the layer loop.
+
+Users see time-major arrays: ``x (T, B, D)`` (or ``(T, E, B, D)`` for an ensemble with
+its own inputs), ``output (T, B, dirs*H)`` (``(T, E, B, dirs*H)`` for ensembles),
+states ``(layers*dirs, B, H)`` (``(layers*dirs, E, B, H)``). Internally every layer runs
+member-major; the conversions happen here and nowhere else.
+
+Behaviour on unusual input: nan/inf in ``x`` or ``h0`` are data and propagate; T = 0
+gives an empty output, ``h_n = h0`` and zero gradients; strided and read-only arrays
+are accepted (copied where the kernels need contiguity); B = 0, wrong shapes and
+non-float dtypes are refused before any kernel runs.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dynamics.layer import layer_backward, layer_forward
+from dynamics.network import as_network
+from dynamics.validation import check_choice, check_float_array, check_positive_int, check_shape
+
+BACKENDS = ("cpu",)
+
+
+@dataclass
+class ForwardResult:
+    """Result of ``dynamics.forward``: torch's ``output``, ``h_n`` and (LSTM) ``c_n``."""
+
+    output: np.ndarray
+    h_n: np.ndarray
+    c_n: np.ndarray = None
+    tapes: list = field(default=None, repr=False)
+
+
+def _user_layout(array, ensemble):
+    """Internal (E, T, B, k) -> user (T, B, k), or (T, E, B, k) for an ensemble (a view)."""
+    return array.transpose(1, 0, 2, 3) if ensemble else array[0]
+
+
+def _check_input(net, x):
+    """x as used internally: (T, B, D) shared, or member-major (E, T, B, D)."""
+    x = check_float_array("x", x)
+    D, E = net.input_size, net.ensemble_size
+    if E is not None and x.ndim == 4:
+        check_shape("x", x, ("T", E, "B", D))
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+        batch = x.shape[2]
+    else:
+        check_shape("x", x, ("T", "B", D))
+        x = np.ascontiguousarray(x)
+        batch = x.shape[1]
+    if batch == 0:
+        raise ValueError(f"x must have a batch of at least 1, got shape {x.shape}")
+    return x, batch
+
+
+def _check_state(name, value, net, batch, dtype):
+    """An initial state (or its gradient) as (layers*dirs, E, B, H) in ``dtype``."""
+    n_states = net.num_layers * net.num_directions
+    E, H = net.ensemble_size, net.hidden_size
+    shape = (n_states, batch, H) if E is None else (n_states, E, batch, H)
+    if value is None:
+        return np.zeros((n_states, E or 1, batch, H), dtype)
+    value = check_shape(name, check_float_array(name, value), shape)
+    value = value.astype(dtype, copy=False)
+    return np.ascontiguousarray(value[:, None] if E is None else value)
+
+
+def _check_states(net, h0, batch, dtype):
+    lstm = net.kind == "lstm"
+    if lstm and h0 is not None:
+        if not (isinstance(h0, tuple) and len(h0) == 2):
+            raise TypeError("h0 of an LSTM must be a tuple (h0, c0), as torch takes it")
+        h0, c0 = h0
+    else:
+        if isinstance(h0, tuple):
+            raise TypeError(f"h0 of a {net.kind} network must be an array, not a tuple")
+        c0 = None
+    h0 = _check_state("h0", h0, net, batch, dtype)
+    c0 = _check_state("c0", c0, net, batch, dtype) if lstm else h0[..., :0]
+    return h0, c0
+
+
+def _check_backend(backend):
+    check_choice("backend", backend, BACKENDS)
+
+
+def forward(model, x, h0=None, backend="cpu"):
+    """Run ``model`` over the sequence ``x``; the result has ``x``'s dtype.
+
+    Parameters
+    ----------
+    model : dynamics.RNN, LSTM, GRU or Network
+    x : (T, B, D) array, or (T, E, B, D) for an ensemble whose members have own inputs
+    h0 : (layers*dirs, B, H) array (with E after the first axis for ensembles);
+        for LSTM a tuple (h0, c0). Zeros if omitted.
+
+    Returns
+    -------
+    ForwardResult with ``output``, ``h_n`` and, for LSTM, ``c_n``.
+
+    Examples
+    --------
+    >>> import numpy as np, dynamics
+    >>> lstm = dynamics.LSTM.init(3, 5, seed=1)
+    >>> r = dynamics.forward(lstm, np.ones((7, 2, 3)))
+    >>> r.output.shape, r.h_n.shape, r.c_n.shape
+    ((7, 2, 5), (1, 2, 5), (1, 2, 5))
+    """
+    _check_backend(backend)
+    net = as_network(model)
+    x, batch = _check_input(net, x)
+    h0, c0 = _check_states(net, h0, batch, x.dtype)
+    tapes, layer_input = [], x
+    for suffix, l, d, cell in net.named_cells():
+        k = l * net.num_directions + d
+        tapes.append(layer_forward(cell, layer_input, h0[k], c0[k], reverse=bool(d)))
+        if d == net.num_directions - 1:
+            outputs = [tape.hs for tape in tapes[-net.num_directions:]]
+            layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
+    ensemble = net.ensemble_size is not None
+    h_n = np.stack([tape.h_n for tape in tapes])
+    c_n = np.stack([tape.c_n for tape in tapes]) if net.kind == "lstm" else None
+    squeeze = (lambda a: a) if ensemble else (lambda a: a[:, 0])
+    return ForwardResult(_user_layout(layer_input, ensemble), squeeze(h_n),
+                         None if c_n is None else squeeze(c_n), tapes)
+
+
+def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_n=None,
+         grad_c_n=None):
+    """Gradients of ``L = sum(grad_output * output) [+ sum(grad_h_n * h_n) + ...]``.
+
+    Parameters
+    ----------
+    model, x, h0, backend : as for ``forward``
+    grad_output : array of the shape of ``forward(model, x).output``
+    truncation : None for full BPTT, or k >= 1: gradients flow only within consecutive
+        chunks of k steps (in each direction's processing order) while the forward
+        state carries across chunks; k >= T equals full BPTT
+    grad_h_n, grad_c_n : optional gradients of the final states (shape of ``h_n``)
+
+    Returns
+    -------
+    dict keyed by torch's parameter names (``weight_ih_l0``, ``bias_hh_l1_reverse``...)
+    plus ``"x"``, ``"h0"`` (and ``"c0"`` for LSTM), each shaped like what it is the
+    gradient of (h0/c0 as torch's state shape, also when h0 was omitted).
+
+    Examples
+    --------
+    >>> import numpy as np, dynamics
+    >>> rnn = dynamics.RNN.init(2, 4, seed=0)
+    >>> x = np.random.default_rng(0).normal(size=(10, 3, 2))
+    >>> g = dynamics.bptt(rnn, x, np.ones((10, 3, 4)), truncation=5)
+    >>> sorted(g)
+    ['bias_hh_l0', 'bias_ih_l0', 'h0', 'weight_hh_l0', 'weight_ih_l0', 'x']
+    """
+    if truncation is not None:
+        truncation = check_positive_int("truncation", truncation)
+    result = forward(model, x, h0, backend)
+    net = as_network(model)
+    ensemble = net.ensemble_size is not None
+    dtype = result.output.dtype
+    grad_output = check_shape("grad_output", check_float_array("grad_output", grad_output),
+                              result.output.shape).astype(dtype, copy=False)
+    batch = result.output.shape[-2]
+    grad_h = _check_state("grad_h_n", grad_h_n, net, batch, dtype)
+    if net.kind == "lstm":
+        grad_c = _check_state("grad_c_n", grad_c_n, net, batch, dtype)
+    elif grad_c_n is not None:
+        raise ValueError(f"grad_c_n is only for LSTM networks, not {net.kind}")
+    else:
+        grad_c = grad_h[..., :0]
+    grad_above = grad_output.transpose(1, 0, 2, 3) if ensemble else grad_output[None]
+    H, dirs = net.hidden_size, net.num_directions
+    grads, grad_h0, grad_c0 = {}, np.zeros_like(grad_h), np.zeros_like(grad_c)
+    for l in reversed(range(net.num_layers)):
+        layer_x = result.tapes[l * dirs].x
+        grad_x = np.zeros_like(layer_x)
+        for d in range(dirs):
+            k = l * dirs + d
+            tape = result.tapes[k]
+            grad_hs = np.ascontiguousarray(grad_above[..., d * H:(d + 1) * H])
+            cell_grads, grad_h0[k], grad_c0[k] = layer_backward(
+                tape, grad_hs, grad_h[k], grad_c[k], truncation or 0, grad_x)
+            for name, value in cell_grads.items():
+                grads[name + net.suffix(l, d)] = value if ensemble else value[0]
+        grad_above = grad_x
+    if layer_x.ndim == 4:
+        grads["x"] = grad_above.transpose(1, 0, 2, 3) if ensemble else grad_above[0]
+    else:
+        grads["x"] = grad_above
+    grads["h0"] = grad_h0 if ensemble else grad_h0[:, 0]
+    if net.kind == "lstm":
+        grads["c0"] = grad_c0 if ensemble else grad_c0[:, 0]
+    return grads

@@ -1,0 +1,15 @@
+"""The one place where compilation choices for CPU kernels are made.
+
+Every CPU kernel is compiled with ``cache=True`` (compiled code is reused across
+processes), ``error_model="numpy"`` (division by zero gives inf/nan as data, never an
+exception) and without ``fastmath``: the kernels are written so that LLVM vectorises
+them without reassociating any sum, which keeps results bitwise identical for every
+``NUMBA_NUM_THREADS``.
+"""
+import numba
+
+
+def jit(function=None, *, parallel=False):
+    """Compile ``function`` with the toolkit's CPU settings (usable bare or with args)."""
+    decorate = numba.njit(cache=True, error_model="numpy", parallel=parallel)
+    return decorate if function is None else decorate(function)

@@ -1,0 +1,241 @@
+"""Per-unit arithmetic of the four cells, and the step functions users call.
+
+Cells are identified by a small integer code so that one compiled sequence kernel
+serves all four (passing Python functions into kernels would recompile the caller for
+each one and defeat caching).
+
+Layout of the per-step work row ``p`` (width ``saved_width(cell, H)``):
+
+=========  ===========================  ==========================  ====================
+cell       on entry (input projection)  saved by the forward pass   after the backward
+=========  ===========================  ==========================  ====================
+rnn_*      W_ih x + b_ih      (H)       unchanged (h_t suffices)    dL/da          (H)
+lstm       W_ih x + b_ih      (4H)      gates i, f, g, o     (4H)   dL/da  i,f,g,o (4H)
+gru        W_ih x + b_ih      (3H)      r, z, n, W_hn h + b_hn (4H) dL/d(W_ih x) r,z,n
+                                                                     and dL/d(W_hn h)
+=========  ===========================  ==========================  ====================
+
+The LSTM cell state ``c_t`` is kept beside ``h_t``; ``tanh(c_t)`` is recomputed in the
+backward pass rather than stored.
+"""
+import numpy as np
+
+from kernels._jit import jit
+from kernels.activations import dsigmoid, drelu, dtanh, relu, sigmoid, tanh
+
+RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
+CELL_CODES = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "lstm": LSTM, "gru": GRU}
+GATES = {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}
+
+
+def saved_width(cell, hidden_size):
+    """Width of the per-step work row ``p`` for ``cell`` (see the module docstring)."""
+    return (1 if cell in (RNN_TANH, RNN_RELU) else 4) * hidden_size
+
+
+@jit
+def recurrent_matvec(w_t, h, bias, out):
+    """out = bias + W h, with ``w_t = W.T`` of shape (H, G*H), C-contiguous.
+
+    Written as a sum of scaled rows of ``w_t`` so the inner loop vectorises while each
+    ``out[i]`` is still summed in the fixed order j = 0, 1, ..., H-1.
+    """
+    for i in range(out.shape[0]):
+        out[i] = bias[i]
+    for j in range(h.shape[0]):
+        hj = h[j]
+        for i in range(out.shape[0]):
+            out[i] += hj * w_t[j, i]
+
+
+@jit
+def transposed_matvec(w, v, out):
+    """out += W.T v, for ``w = W`` of shape (G*H, H), C-contiguous; fixed order."""
+    for i in range(v.shape[0]):
+        vi = v[i]
+        for j in range(out.shape[0]):
+            out[j] += vi * w[i, j]
+
+
+@jit
+def input_matvec(w, x, bias, out):
+    """out[:G*H] = W x + bias for ``w = W`` of shape (G*H, D): one dot product per row."""
+    for i in range(w.shape[0]):
+        acc = bias[i]
+        for j in range(x.shape[0]):
+            acc += w[i, j] * x[j]
+        out[i] = acc
+
+
+@jit
+def cell_forward(cell, p, ph, h_prev, c_prev, h, c):
+    """One step of ``cell`` for one sequence, given both pre-activations.
+
+    ``p`` holds W_ih x + b_ih on entry and what the backward pass needs on exit;
+    ``ph`` = W_hh h_prev + b_hh (G*H,). Writes ``h`` (H,) and, for LSTM, ``c`` (H,).
+    ``h`` may alias ``h_prev`` and ``c`` may alias ``c_prev`` (unit u reads only
+    index u before writing it).
+    """
+    n_units = h.shape[0]
+    if cell == RNN_TANH:
+        for u in range(n_units):
+            h[u] = tanh(p[u] + ph[u])
+    elif cell == RNN_RELU:
+        for u in range(n_units):
+            h[u] = relu(p[u] + ph[u])
+    elif cell == LSTM:
+        for u in range(n_units):
+            i = sigmoid(p[u] + ph[u])
+            f = sigmoid(p[n_units + u] + ph[n_units + u])
+            g = tanh(p[2 * n_units + u] + ph[2 * n_units + u])
+            o = sigmoid(p[3 * n_units + u] + ph[3 * n_units + u])
+            c_new = f * c_prev[u] + i * g
+            c[u] = c_new
+            h[u] = o * tanh(c_new)
+            p[u] = i
+            p[n_units + u] = f
+            p[2 * n_units + u] = g
+            p[3 * n_units + u] = o
+    else:
+        for u in range(n_units):
+            r = sigmoid(p[u] + ph[u])
+            z = sigmoid(p[n_units + u] + ph[n_units + u])
+            hn = ph[2 * n_units + u]
+            n = tanh(p[2 * n_units + u] + r * hn)
+            h[u] = n + z * (h_prev[u] - n)
+            p[u] = r
+            p[n_units + u] = z
+            p[2 * n_units + u] = n
+            p[3 * n_units + u] = hn
+
+
+@jit
+def cell_backward(cell, p, dh, dc, h_prev, c_prev, h, c, dph, dh_prev):
+    """Backward through one step of ``cell`` for one sequence.
+
+    On entry ``p`` holds what ``cell_forward`` saved, ``dh`` = dL/dh_t (H,) and, for
+    LSTM, ``dc`` = dL/dc_t from later steps. On exit ``p[:G*H]`` = dL/d(W_ih x + b_ih)
+    (GRU also ``p[3H:4H]`` = dL/d(W_hn h + b_hn)), ``dph`` (G*H,) = dL/d(W_hh h + b_hh),
+    ``dc`` = dL/dc_{t-1} through the cell state, and ``dh_prev`` (H,) = the part of
+    dL/dh_{t-1} that does not pass through W_hh (non-zero for GRU only).
+    """
+    n_units = dh.shape[0]
+    if cell == RNN_TANH or cell == RNN_RELU:
+        for u in range(n_units):
+            slope = dtanh(h[u]) if cell == RNN_TANH else drelu(h[u])
+            d = dh[u] * slope
+            p[u] = d
+            dph[u] = d
+            dh_prev[u] = 0.0
+    elif cell == LSTM:
+        for u in range(n_units):
+            i = p[u]
+            f = p[n_units + u]
+            g = p[2 * n_units + u]
+            o = p[3 * n_units + u]
+            tc = tanh(c[u])
+            dct = dc[u] + dh[u] * o * dtanh(tc)
+            p[u] = dct * g * dsigmoid(i)
+            p[n_units + u] = dct * c_prev[u] * dsigmoid(f)
+            p[2 * n_units + u] = dct * i * dtanh(g)
+            p[3 * n_units + u] = dh[u] * tc * dsigmoid(o)
+            dc[u] = dct * f
+            for k in range(4):
+                dph[k * n_units + u] = p[k * n_units + u]
+            dh_prev[u] = 0.0
+    else:
+        for u in range(n_units):
+            r = p[u]
+            z = p[n_units + u]
+            n = p[2 * n_units + u]
+            hn = p[3 * n_units + u]
+            dn_pre = (dh[u] - dh[u] * z) * dtanh(n)
+            dr_pre = dn_pre * hn * dsigmoid(r)
+            dz_pre = dh[u] * (h_prev[u] - n) * dsigmoid(z)
+            p[u] = dr_pre
+            p[n_units + u] = dz_pre
+            p[2 * n_units + u] = dn_pre
+            p[3 * n_units + u] = dn_pre * r
+            dph[u] = dr_pre
+            dph[n_units + u] = dz_pre
+            dph[2 * n_units + u] = dn_pre * r
+            dh_prev[u] = dh[u] * z
+
+
+@jit
+def _step(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out):
+    n_rows = weight_hh.shape[0]
+    p = np.empty(saved_width_jit(cell, h.shape[0]), h.dtype)
+    ph = np.empty(n_rows, h.dtype)
+    input_matvec(weight_ih, x, bias_ih, p)
+    input_matvec(weight_hh, h, bias_hh, ph)
+    cell_forward(cell, p, ph, h, c, h_out, c_out)
+
+
+@jit
+def saved_width_jit(cell, hidden_size):
+    """``saved_width`` for use inside kernels."""
+    return hidden_size if cell == RNN_TANH or cell == RNN_RELU else 4 * hidden_size
+
+
+_STEP_DOC = """One step of a {name} cell for one sequence, callable from your own ``@njit`` code.
+
+    Computes ``{formula}`` with PyTorch's layout and gate order.
+
+    Parameters
+    ----------
+    x : (D,) input;  h{c_in} : (H,) previous state{c_note}
+    weight_ih : (G*H, D), weight_hh : (G*H, H), bias_ih, bias_hh : (G*H,) with G = {gates}
+    h_out{c_out} : (H,) written with the new state; may alias the previous state.
+
+    Assumes, without checking: all arrays of one float dtype (float32 or float64),
+    1-D arrays contiguous, weights C-contiguous, the shapes above. Returns nothing.
+
+    Examples
+    --------
+    >>> import numpy as np, numba, kernels
+    >>> H, D = 3, 2
+    >>> w_ih, w_hh, b = np.full(({gates} * H, D), 0.1), np.eye({gates} * H, H), np.zeros({gates} * H)
+    >>> @numba.njit
+    ... def run(xs, h{c_in}):
+    ...     for t in range(xs.shape[0]):
+    ...         kernels.{name}_step(xs[t], h,{c_arg} w_ih, w_hh, b, b, h,{c_arg} )
+    ...     return h
+    >>> run(np.ones((5, D)), np.zeros(H){c_zero}).shape
+    (3,)
+"""
+
+
+def _document(function, name, formula, gates, lstm=False):
+    function.__doc__ = _STEP_DOC.format(
+        name=name, formula=formula, gates=gates,
+        c_in=", c" if lstm else "", c_note=" and cell state" if lstm else "",
+        c_out=", c_out" if lstm else "", c_arg=" c," if lstm else "",
+        c_zero=", np.zeros(H)" if lstm else "")
+    return function
+
+
+@jit
+def rnn_tanh_step(x, h, weight_ih, weight_hh, bias_ih, bias_hh, h_out):
+    _step(RNN_TANH, x, h, h[:0], weight_ih, weight_hh, bias_ih, bias_hh, h_out, h_out[:0])
+
+
+@jit
+def rnn_relu_step(x, h, weight_ih, weight_hh, bias_ih, bias_hh, h_out):
+    _step(RNN_RELU, x, h, h[:0], weight_ih, weight_hh, bias_ih, bias_hh, h_out, h_out[:0])
+
+
+@jit
+def lstm_step(x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out):
+    _step(LSTM, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out)
+
+
+@jit
+def gru_step(x, h, weight_ih, weight_hh, bias_ih, bias_hh, h_out):
+    _step(GRU, x, h, h[:0], weight_ih, weight_hh, bias_ih, bias_hh, h_out, h_out[:0])
+
+
+_document(rnn_tanh_step, "rnn_tanh", "h_out = tanh(W_ih x + b_ih + W_hh h + b_hh)", 1)
+_document(rnn_relu_step, "rnn_relu", "h_out = relu(W_ih x + b_ih + W_hh h + b_hh)", 1)
+_document(lstm_step, "lstm", "c_out = f*c + i*g, h_out = o*tanh(c_out)", 4, lstm=True)
+_document(gru_step, "gru", "h_out = (1-z)*n + z*h, n = tanh(W_in x + b_in + r*(W_hn h + b_hn))", 3)

@@ -1,0 +1,1 @@
+"""Runnable studies: ``python -m studies.<name>``."""
