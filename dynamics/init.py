@@ -40,6 +40,11 @@ def draw_one(rng, gates, input_size, hidden_size, init, gain, bias):
     return parameters
 
 
+def seed_sequence(seed):
+    """``seed`` (an int, a sequence of ints or a SeedSequence) as a SeedSequence."""
+    return seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+
+
 def draw(gates, input_size, hidden_size, *, init="uniform", gain=1.0, ensemble=None, seed=0,
          dtype="float64", bias=True):
     """Parameters of a cell with ``gates`` gates, as a dict of torch-named arrays.
@@ -56,7 +61,7 @@ def draw(gates, input_size, hidden_size, *, init="uniform", gain=1.0, ensemble=N
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    root = np.random.SeedSequence(seed)
+    root = seed_sequence(seed)
     if ensemble is None:
         one = draw_one(np.random.default_rng(root), gates, input_size, hidden_size, init, gain, bias)
         return {k: v.astype(dtype) for k, v in one.items()}

@@ -5,9 +5,8 @@
 >>> sorted(net.parameters())[:2], net.layers[1][0].input_size
 (['bias_hh_l0', 'bias_hh_l0_reverse'], 16)
 """
-import numpy as np
-
 from dynamics.cells import GRU, LSTM, RNN, Cell
+from dynamics.init import seed_sequence
 from dynamics.validation import check_choice, check_positive_int
 
 CELL_CLASSES = {"rnn_tanh": RNN, "rnn_relu": RNN, "lstm": LSTM, "gru": GRU}
@@ -85,7 +84,7 @@ class Network:
         hidden_size = check_positive_int("hidden_size", hidden_size)
         if kind.startswith("rnn_"):
             options["nonlinearity"] = kind[4:]
-        children = iter(np.random.SeedSequence(seed).spawn(num_layers * directions))
+        children = iter(seed_sequence(seed).spawn(num_layers * directions))
         layers = []
         for l in range(num_layers):
             size = input_size if l == 0 else directions * hidden_size

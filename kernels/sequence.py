@@ -93,3 +93,80 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
                 dh[:] = dh_prev
         dh0[e, b] = dh
         dc0[e, b] = dc
+
+
+@jit
+def _step_forward_batch(cell, p, ph, b_hh, h_prev, c_prev, h, c):
+    """``cell_forward`` for every batch element of one step, given ph = h_prev W_hh^T.
+
+    Serial on purpose: BLAS owns the cores in the GEMM path (a numba parallel region
+    between two BLAS calls makes both thread pools fight), and this part is only
+    O(B*G*H) against the product's O(B*G*H*H).
+    """
+    for b in range(p.shape[0]):
+        for i in range(ph.shape[1]):
+            ph[b, i] += b_hh[i]
+        cell_forward(cell, p[b], ph[b], h_prev[b], c_prev[b], h[b], c[b])
+
+
+@jit
+def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_prev):
+    """``cell_backward`` for every batch element of one step (serial, as above)."""
+    for b in range(p.shape[0]):
+        for u in range(dh.shape[1]):
+            dh[b, u] += grad_h[b, u]
+        cell_backward(cell, p[b], dh[b], dc[b], h_prev[b], c_prev[b], h[b], c[b], dph[b],
+                      dh_prev[b])
+
+
+@jit
+def sequence_forward_gemm(cell, reverse, p, w_hh_t, b_hh, h0, c0, hs, cs):
+    """``sequence_forward`` with time as the outer loop: per step one BLAS product
+    (B, H) x (H, G*H) per member, then the cell arithmetic in parallel over the batch.
+
+    Faster when one member's W_hh no longer fits in cache and the batch is large, so
+    that a GEMM reads the weights once per step instead of once per sequence.
+    """
+    n_members, n_steps, batch, _ = p.shape
+    ph = np.empty((batch, w_hh_t.shape[2]), p.dtype)
+    for e in range(n_members):
+        h_prev = h0[e]
+        c_prev = c0[e]
+        for s in range(n_steps):
+            t = time_index(s, n_steps, reverse)
+            np.dot(h_prev, w_hh_t[e], ph)
+            _step_forward_batch(cell, p[e, t], ph, b_hh[e], h_prev, c_prev, hs[e, t], cs[e, t])
+            h_prev = hs[e, t]
+            c_prev = cs[e, t]
+
+
+@jit
+def sequence_backward_gemm(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_hs, dh0, dc0):
+    """``sequence_backward`` with time as the outer loop and BLAS for dh_prev = dph W_hh."""
+    n_members, n_steps, batch, _ = p.shape
+    n_units = hs.shape[3]
+    dph = np.empty((batch, w_hh.shape[1]), p.dtype)
+    dh_prev = np.empty((batch, n_units), p.dtype)
+    through_w = np.empty((batch, n_units), p.dtype)
+    for e in range(n_members):
+        dh = dh0[e].copy()
+        dc = dc0[e].copy()
+        for s in range(n_steps - 1, -1, -1):
+            t = time_index(s, n_steps, reverse)
+            if s > 0:
+                t_prev = time_index(s - 1, n_steps, reverse)
+                h_prev = hs[e, t_prev]
+                c_prev = cs[e, t_prev]
+            else:
+                h_prev = h0[e]
+                c_prev = c0[e]
+            _step_backward_batch(cell, p[e, t], dh, dc, grad_hs[e, t], h_prev, c_prev, hs[e, t],
+                                 cs[e, t], dph, dh_prev)
+            if truncation > 0 and s > 0 and s % truncation == 0:
+                dh[:] = 0.0
+                dc[:] = 0.0
+            else:
+                np.dot(dph, w_hh[e], through_w)
+                dh[:] = dh_prev + through_w
+        dh0[e] = dh
+        dc0[e] = dc
