@@ -31,6 +31,8 @@ class Cell:
             raise ValueError("weight_hh must have shape (G*H, H) or (E, G*H, H), "
                              f"got {weight_hh.shape}")
         ensemble = weight_hh.shape[:-2]
+        if ensemble and ensemble[0] < 1:
+            raise ValueError(f"an ensemble needs at least 1 member, got weight_hh {weight_hh.shape}")
         rows, hidden = weight_hh.shape[-2:]
         if hidden < 1 or rows != self.gates * hidden:
             raise ValueError(f"weight_hh of a {self.kind} cell must have shape "

@@ -6,9 +6,11 @@ states ``(layers*dirs, B, H)`` (``(layers*dirs, E, B, H)``). Internally every la
 member-major; the conversions happen here and nowhere else.
 
 Behaviour on unusual input: nan/inf in ``x`` or ``h0`` are data and propagate; T = 0
-gives an empty output, ``h_n = h0`` and zero gradients; strided and read-only arrays
-are accepted (copied where the kernels need contiguity); B = 0, wrong shapes and
-non-float dtypes are refused before any kernel runs.
+gives an empty output, ``h_n = h0``, zero parameter gradients and dL/dh0 = grad_h_n;
+strided and read-only arrays are accepted (copied where the kernels need contiguity);
+B = 0, wrong shapes and non-float dtypes are refused before any kernel runs. A run
+takes ``x``'s dtype: weights, ``h0`` and ``grad_output`` are cast to it (a float64
+network given float32 ``x`` runs in float32). An LSTM's ``h0=(h0, None)`` means c0 = 0.
 """
 from dataclasses import dataclass, field
 
@@ -171,6 +173,8 @@ def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_
         grad_c = grad_h[..., :0]
     grad_above = grad_output.transpose(1, 0, 2, 3) if ensemble else grad_output[None]
     H, dirs = net.hidden_size, net.num_directions
+    n_steps = result.output.shape[0]
+    chunk = truncation if truncation is not None and truncation < n_steps else 0  # 0: full
     grads, grad_h0, grad_c0 = {}, np.zeros_like(grad_h), np.zeros_like(grad_c)
     for l in reversed(range(net.num_layers)):
         layer_x = result.tapes[l * dirs].x
@@ -180,7 +184,7 @@ def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_
             tape = result.tapes[k]
             grad_hs = np.ascontiguousarray(grad_above[..., d * H:(d + 1) * H])
             cell_grads, grad_h0[k], grad_c0[k] = layer_backward(
-                tape, grad_hs, grad_h[k], grad_c[k], truncation or 0, grad_x)
+                tape, grad_hs, grad_h[k], grad_c[k], chunk, grad_x)
             for name, value in cell_grads.items():
                 grads[name + net.suffix(l, d)] = value if ensemble else value[0]
         grad_above = grad_x

@@ -38,23 +38,37 @@ def recurrent_matvec(w_t, h, bias, out):
     """out = bias + W h, with ``w_t = W.T`` of shape (H, G*H), C-contiguous.
 
     Written as a sum of scaled rows of ``w_t`` so the inner loop vectorises while each
-    ``out[i]`` is still summed in the fixed order j = 0, 1, ..., H-1.
+    ``out[i]`` is still summed in the fixed order j = 0, 1, ..., H-1; four rows per pass
+    keep ``out[i]`` in a register for four terms (same order, same rounding).
     """
     for i in range(out.shape[0]):
         out[i] = bias[i]
-    for j in range(h.shape[0]):
-        hj = h[j]
-        for i in range(out.shape[0]):
-            out[i] += hj * w_t[j, i]
+    accumulate_rows(w_t, h, out)
 
 
 @jit
 def transposed_matvec(w, v, out):
     """out += W.T v, for ``w = W`` of shape (G*H, H), C-contiguous; fixed order."""
-    for i in range(v.shape[0]):
-        vi = v[i]
-        for j in range(out.shape[0]):
-            out[j] += vi * w[i, j]
+    accumulate_rows(w, v, out)
+
+
+@jit
+def accumulate_rows(rows, coefficients, out):
+    """out += sum_j coefficients[j] * rows[j, :], summed in the order j = 0, 1, ..."""
+    n = coefficients.shape[0]
+    j = 0
+    while j + 4 <= n:
+        a, b, c, d = coefficients[j], coefficients[j + 1], coefficients[j + 2], coefficients[j + 3]
+        r0, r1, r2, r3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
+        for i in range(out.shape[0]):
+            out[i] = (((out[i] + a * r0[i]) + b * r1[i]) + c * r2[i]) + d * r3[i]
+        j += 4
+    while j < n:
+        a = coefficients[j]
+        r0 = rows[j]
+        for i in range(out.shape[0]):
+            out[i] += a * r0[i]
+        j += 1
 
 
 @jit
