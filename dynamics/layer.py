@@ -9,7 +9,23 @@ import numpy as np
 
 from kernels.cells import LSTM, saved_width
 from kernels.projections import parameter_and_input_gradients, project_inputs
-from kernels.sequence import sequence_backward, sequence_forward
+from kernels.sequence import (sequence_backward, sequence_backward_gemm, sequence_forward,
+                              sequence_forward_gemm)
+
+#: The per-step BLAS recurrence is used when one member's W_hh is at least this large
+#: (it no longer stays in a core's cache across steps) and the batch at least
+#: ``GEMM_MIN_BATCH``; below, each sequence walks through time with its weights in cache.
+#: Tuned with ``benchmarks/core.py`` on a 2-core Zen 4 (1 MiB L2 per core).
+GEMM_MIN_WEIGHT_BYTES = 1 << 20
+GEMM_MIN_BATCH = 8
+
+
+def recurrence_kernels(weight_hh, batch):
+    """(forward, backward) sequence kernels suited to this weight size and batch."""
+    weight_bytes = weight_hh[0].nbytes
+    if weight_bytes >= GEMM_MIN_WEIGHT_BYTES and batch >= GEMM_MIN_BATCH:
+        return sequence_forward_gemm, sequence_backward_gemm
+    return sequence_forward, sequence_backward
 
 
 def _members(array, dtype):
@@ -68,7 +84,8 @@ def layer_forward(cell, x, h0, c0, reverse):
     if n_steps:
         project_inputs(x, weight_ih, bias_ih, p)
         w_hh_t = np.ascontiguousarray(weight_hh.transpose(0, 2, 1))
-        sequence_forward(cell.code, reverse, p, w_hh_t, bias_hh, h0, c0, hs, cs)
+        run_forward, _ = recurrence_kernels(weight_hh, batch)
+        run_forward(cell.code, reverse, p, w_hh_t, bias_hh, h0, c0, hs, cs)
     return LayerTape(cell, reverse, x, np.ascontiguousarray(weight_ih),
                      np.ascontiguousarray(weight_hh), bias_hh, h0, c0, p, hs, cs)
 
@@ -86,8 +103,9 @@ def layer_backward(tape, grad_hs, grad_h_n, grad_c_n, truncation, grad_x):
              (("weight_ih", tape.weight_ih), ("weight_hh", tape.weight_hh),
               ("bias_ih", tape.bias_hh), ("bias_hh", tape.bias_hh))}
     if tape.p.shape[1]:
-        sequence_backward(tape.cell.code, tape.reverse, truncation, tape.p, tape.weight_hh,
-                          tape.h0, tape.c0, tape.hs, tape.cs, grad_hs, dh0, dc0)
+        _, run_backward = recurrence_kernels(tape.weight_hh, tape.h0.shape[1])
+        run_backward(tape.cell.code, tape.reverse, truncation, tape.p, tape.weight_hh,
+                     tape.h0, tape.c0, tape.hs, tape.cs, grad_hs, dh0, dc0)
         parameter_and_input_gradients(tape.cell.code, tape.reverse, tape.x, tape.p, tape.hs,
                                       tape.h0, tape.weight_ih, grad_x, grads["weight_ih"],
                                       grads["weight_hh"], grads["bias_ih"], grads["bias_hh"])

@@ -1,0 +1,57 @@
+"""The two recurrence strategies (per-sequence walk, per-step BLAS) agree.
+
+Which one runs is chosen by size (``dynamics.layer.recurrence_kernels``); here the
+thresholds are lowered so the BLAS path runs at test sizes, and both are compared on
+every cell, direction, truncation and ensemble shape.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import dynamics
+import dynamics.layer
+
+KINDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+
+
+def run(net, x, grad_output, truncation, gemm, monkeypatch):
+    with monkeypatch.context() as m:
+        if gemm:
+            m.setattr(dynamics.layer, "GEMM_MIN_WEIGHT_BYTES", 0)
+            m.setattr(dynamics.layer, "GEMM_MIN_BATCH", 1)
+        result = dynamics.forward(net, x)
+        grads = dynamics.bptt(net, x, grad_output, truncation=truncation)
+    return result, grads
+
+
+@settings(max_examples=20, deadline=None)
+@given(kind=st.sampled_from(KINDS), steps=st.integers(1, 9), batch=st.integers(1, 4),
+       hidden=st.integers(1, 6), layers=st.integers(1, 2), bidirectional=st.booleans(),
+       ensemble=st.sampled_from([None, 3]), truncation=st.sampled_from([None, 1, 3]),
+       seed=st.integers(0, 2**31))
+def test_blas_recurrence_equals_sequence_walk(kind, steps, batch, hidden, layers, bidirectional,
+                                              ensemble, truncation, seed):
+    monkeypatch = pytest.MonkeyPatch()
+    net = dynamics.Network.init(kind, 2, hidden, num_layers=layers, bidirectional=bidirectional,
+                                ensemble=ensemble, seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(steps, batch, 2))
+    width = (2 if bidirectional else 1) * hidden
+    out_shape = (steps, batch, width) if ensemble is None else (steps, ensemble, batch, width)
+    grad_output = rng.normal(size=out_shape)
+    walk = run(net, x, grad_output, truncation, False, monkeypatch)
+    blas = run(net, x, grad_output, truncation, True, monkeypatch)
+    np.testing.assert_allclose(blas[0].output, walk[0].output, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(blas[0].h_n, walk[0].h_n, rtol=1e-12, atol=1e-13)
+    assert blas[1].keys() == walk[1].keys()
+    for name in walk[1]:
+        np.testing.assert_allclose(blas[1][name], walk[1][name], rtol=1e-11, atol=1e-12,
+                                   err_msg=name)
+
+
+def test_default_choice_follows_weight_size():
+    small = np.zeros((1, 64, 64), np.float32)
+    large = np.zeros((1, 4096, 1024), np.float32)
+    assert dynamics.layer.recurrence_kernels(small, 32)[0].__name__ == "sequence_forward"
+    assert dynamics.layer.recurrence_kernels(large, 32)[0].__name__ == "sequence_forward_gemm"
+    assert dynamics.layer.recurrence_kernels(large, 1)[0].__name__ == "sequence_forward"
