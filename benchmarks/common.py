@@ -1,0 +1,211 @@
+"""Helpers shared by the benchmark scripts: timing, machine rates, FLOPs, memory, tables.
+
+Every script measures the machine's own reference rates in the same run (``gemm_rate``,
+``copy_bandwidth``) so that achieved GFLOP/s can be read as a fraction of what this
+machine's BLAS reaches, and prints plain-text tables with ``print_table``.
+
+>>> t = measure(lambda: sum(range(100)), repeats=3)
+>>> t.n, t.median > 0
+(3, True)
+>>> matmul_flops(2, 3, 4), rnn_flops(steps=10, batch=2, input_size=3, hidden_size=4, gates=1)
+(48, 1120)
+"""
+import gc
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+from dataclasses import dataclass
+
+import numpy as np
+
+MB = 2.0 ** 20
+
+
+# -- timing -------------------------------------------------------------------------------
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of the timed calls of one measurement."""
+
+    times: list
+
+    n = property(lambda self: len(self.times))
+    median = property(lambda self: statistics.median(self.times))
+    best = property(lambda self: min(self.times))
+
+    @property
+    def spread(self):
+        """(max - min) / median: a rough noise indicator."""
+        return (max(self.times) - min(self.times)) / self.median
+
+
+def measure(fn, repeats=5, warmup=1, min_seconds=0.0, max_seconds=None, min_repeats=3,
+            max_repeats=1000):
+    """Time ``fn()``: ``warmup`` untimed calls, then timed ones; report their median.
+
+    At least ``repeats`` calls are timed, and more (up to ``max_repeats``) until they
+    have taken ``min_seconds`` in total, so that short calls get enough samples to ride
+    out noise. ``max_seconds`` bounds slow cases: timing stops once the calls have taken
+    that long and ``min(min_repeats, repeats)`` were made, or as soon as one call alone
+    took that long; such a call needs no warm-up either (a warm-up call that long is
+    kept as the one sample). The garbage collector is off meanwhile, as in ``timeit``.
+    """
+    def slow(seconds):
+        return max_seconds is not None and seconds >= max_seconds
+
+    times, total = [], 0.0
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(warmup):
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            if slow(elapsed):
+                return Timing([elapsed])
+        while len(times) < max_repeats:
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+            total += times[-1]
+            if slow(times[-1]) or (slow(total) and len(times) >= min(min_repeats, repeats)):
+                break
+            if len(times) >= repeats and total >= min_seconds:
+                break
+    finally:
+        if enabled:
+            gc.enable()
+    return Timing(times)
+
+
+# -- machine reference rates --------------------------------------------------------------
+
+def gemm_rate(dtype, n=2048, repeats=3):
+    """Best GFLOP/s of ``a @ b`` for n x n ``dtype`` matrices with numpy's BLAS (2 n^3 FLOPs),
+    over ``repeats`` calls after a warm-up (more for small n, until 0.2 s)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    out = np.empty((n, n), dtype)
+    timing = measure(lambda: np.matmul(a, b, out=out), repeats=repeats, min_seconds=0.2)
+    return matmul_flops(n, n, n) / timing.best / 1e9
+
+
+def copy_bandwidth(nbytes=2 ** 28, repeats=5):
+    """Best GB/s of a large array copy, counting the bytes read plus those written.
+
+    Numpy copies on one thread: this is one core's streaming bandwidth to memory.
+    """
+    src = np.ones(nbytes // 8)
+    dst = np.empty_like(src)
+    timing = measure(lambda: np.copyto(dst, src), repeats=repeats, min_seconds=0.2)
+    return 2 * src.nbytes / timing.best / 1e9
+
+
+# -- FLOP counting ------------------------------------------------------------------------
+
+def matmul_flops(m, k, n):
+    """FLOPs of an (m, k) @ (k, n) product: one multiply and one add per term."""
+    return 2 * m * k * n
+
+
+def matvec_flops(rows, cols):
+    """FLOPs of a (rows, cols) matrix times a vector."""
+    return matmul_flops(rows, cols, 1)
+
+
+def rnn_flops(steps, batch, input_size, hidden_size, gates, ensemble=1, backward=False):
+    """Matrix-product FLOPs of a recurrent layer over a sequence.
+
+    Per step and sequence, a forward pass does the input projection W_ih x
+    (G*H x D) and the recurrent product W_hh h (G*H x H); element-wise work is not
+    counted. The backward pass is counted as twice the forward (the products with W^T
+    for dL/dh and dL/dx, and the outer products for dL/dW), so forward + backward = 3x.
+    """
+    rows = gates * hidden_size
+    per_step = matvec_flops(rows, input_size) + matvec_flops(rows, hidden_size)
+    forward = steps * batch * ensemble * per_step
+    return 3 * forward if backward else forward
+
+
+def gflops(flops, seconds):
+    return flops / seconds / 1e9
+
+
+# -- memory -------------------------------------------------------------------------------
+
+def peak_memory(fn):
+    """Peak bytes allocated (and traced by ``tracemalloc``) while ``fn()`` runs, above
+    what was allocated before it started. NumPy reports its array buffers to tracemalloc;
+    memory allocated inside numba-compiled code or by other libraries (torch) is not seen.
+    """
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+
+
+# -- reporting ----------------------------------------------------------------------------
+
+def fmt(value, digits=3):
+    """``value`` with ``digits`` significant digits in fixed notation; ints and str as is."""
+    if value is None:
+        return "-"
+    if isinstance(value, (str, int, np.integer)):
+        return str(value)
+    if value == 0 or not np.isfinite(value):
+        return str(value)
+    rounded = float(f"{value:.{digits}g}")  # so that 0.9996 counts as 1.00
+    decimals = max(digits - 1 - int(np.floor(np.log10(abs(rounded)))), 0)
+    return f"{value:.{decimals}f}"
+
+
+def print_table(headers, rows, title=None, digits=3):
+    """Print ``rows`` (lists of str or numbers) under ``headers`` as an aligned table.
+
+    Numbers are right-aligned with ``digits`` significant digits, strings left-aligned.
+    """
+    cells = [[fmt(v, digits) for v in row] for row in rows]
+    numeric = [all(not isinstance(row[i], str) for row in rows) for i in range(len(headers))]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    if title:
+        print(f"\n{title}")
+    print(line(headers))
+    print(line(["-" * w for w in widths]))
+    for row in cells:
+        print(line(row))
+    print(flush=True)
+
+
+def machine_info():
+    """Lines describing the machine and the libraries, for a benchmark's header."""
+    import numba
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    env = {k: v for k, v in sorted(os.environ.items())
+           if k.startswith(("NUMBA_", "OMP_", "OPENBLAS_", "MKL_"))}
+    lines = [f"cpu: {cpu}, {os.cpu_count()} logical cores, numba threads: "
+             f"{numba.get_num_threads()}",
+             f"python {platform.python_version()}, numpy {np.__version__}, "
+             f"numba {numba.__version__}"]
+    if env:
+        lines.append("env: " + " ".join(f"{k}={v}" for k, v in env.items()))
+    return lines
