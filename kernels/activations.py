@@ -1,22 +1,22 @@
 """Scalar nonlinearities and their derivatives, shared by every kernel.
 
 Each function takes and returns one float32 or float64 scalar and keeps its dtype
-(constants are made with ``type(x)``). ``tanh`` and ``sigmoid`` go through ``exp``,
-which LLVM vectorises, instead of ``np.tanh``, which it does not without Intel SVML;
-``tests/test_activations.py`` pins their accuracy against NumPy (a few ulp absolute).
+(constants are made with ``type(x)``). ``tanh`` and ``sigmoid`` go through the
+arithmetic-only ``kernels.fastexp.exp``, which LLVM vectorises, instead of ``np.tanh`` or
+libm's ``exp``, which it does not without Intel SVML; ``tests/test_invariants.py``
+pins their accuracy against NumPy (a few ulp absolute).
 Derivatives are written in terms of the function's output ``y``, which is what the
 forward pass saves.
 """
-import numpy as np
-
 from kernels._jit import jit
+from kernels.fastexp import exp
 
 
 @jit
 def sigmoid(x):
     """Logistic function 1 / (1 + exp(-x))."""
     one = type(x)(1.0)
-    return one / (one + np.exp(-x))
+    return one / (one + exp(-x))
 
 
 @jit
@@ -24,7 +24,7 @@ def tanh(x):
     """Hyperbolic tangent, as 1 - 2 / (exp(2x) + 1) (exact at +-inf, nan-preserving)."""
     one = type(x)(1.0)
     two = type(x)(2.0)
-    return one - two / (np.exp(two * x) + one)
+    return one - two / (exp(two * x) + one)
 
 
 @jit

@@ -50,7 +50,7 @@ def test_blas_recurrence_equals_sequence_walk(kind, steps, batch, hidden, layers
 
 
 def test_default_choice_follows_weight_size():
-    small = np.zeros((1, 64, 64), np.float32)
+    small = np.zeros((1, 64, 64), np.float32)  # 16 KiB
     large = np.zeros((1, 4096, 1024), np.float32)
     assert dynamics.layer.recurrence_kernels(small, 32)[0].__name__ == "sequence_forward"
     assert dynamics.layer.recurrence_kernels(large, 32)[0].__name__ == "sequence_forward_gemm"
