@@ -114,10 +114,11 @@ def layer_forward(cell, x, h0, c0, reverse):
                      np.ascontiguousarray(weight_hh), bias_hh, h0, c0, p, hs, cs)
 
 
-def layer_backward(tape, grad_hs, grad_h_n, grad_c_n, truncation, grad_x):
+def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncation, grad_x):
     """Backpropagate through one layer-direction; consumes ``tape.p``.
 
-    ``grad_hs`` (E, T, B, H) is dL/dh_t from above; ``grad_h_n``/``grad_c_n`` (E, B, H)
+    ``grad_hs`` is dL/dh_t from above, (T, E, B, H) if ``grad_time_major`` else
+    (E, T, B, H), C-contiguous; ``grad_h_n``/``grad_c_n`` (E, B, H)
     the gradients of the final state. Adds dL/dx into ``grad_x`` and returns
     (parameter gradients as (E, ...) arrays keyed by torch's names, dL/dh0, dL/dc0).
     """
@@ -130,7 +131,8 @@ def layer_backward(tape, grad_hs, grad_h_n, grad_c_n, truncation, grad_x):
     if tape.p.shape[1]:
         with one_thread_pool(run_backward):
             run_backward(tape.cell.code, tape.reverse, truncation, tape.p, tape.weight_hh,
-                         tape.h0, tape.c0, tape.hs, tape.cs, grad_hs, dh0, dc0)
+                         tape.h0, tape.c0, tape.hs, tape.cs, grad_hs, grad_time_major, dh0,
+                         dc0)
             parameter_and_input_gradients(tape.cell.code, tape.reverse, tape.x, tape.p,
                                           tape.hs, tape.h0, tape.weight_ih, grad_x,
                                           grads["weight_ih"], grads["weight_hh"],

@@ -171,7 +171,10 @@ def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_
         raise ValueError(f"grad_c_n is only for LSTM networks, not {net.kind}")
     else:
         grad_c = grad_h[..., :0]
-    grad_above = grad_output.transpose(1, 0, 2, 3) if ensemble else grad_output[None]
+    # The top layer reads grad_output in the user's time-major layout, uncopied when
+    # contiguous; layers below get dL/dx member-major, as their inputs are.
+    grad_above = np.ascontiguousarray(grad_output if ensemble else grad_output[:, None])
+    time_major = True
     H, dirs = net.hidden_size, net.num_directions
     n_steps = result.output.shape[0]
     chunk = truncation if truncation is not None and truncation < n_steps else 0  # 0: full
@@ -181,13 +184,13 @@ def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_
         grad_x = np.zeros_like(layer_x)
         for d in range(dirs):
             k = l * dirs + d
-            tape = result.tapes[k]
-            grad_hs = np.ascontiguousarray(grad_above[..., d * H:(d + 1) * H])
+            grad_hs = grad_above if dirs == 1 else np.ascontiguousarray(
+                grad_above[..., d * H:(d + 1) * H])
             cell_grads, grad_h0[k], grad_c0[k] = layer_backward(
-                tape, grad_hs, grad_h[k], grad_c[k], chunk, grad_x)
+                result.tapes[k], grad_hs, time_major, grad_h[k], grad_c[k], chunk, grad_x)
             for name, value in cell_grads.items():
                 grads[name + net.suffix(l, d)] = value if ensemble else value[0]
-        grad_above = grad_x
+        grad_above, time_major = grad_x, False
     if layer_x.ndim == 4:
         grads["x"] = grad_above.transpose(1, 0, 2, 3) if ensemble else grad_above[0]
     else:

@@ -52,10 +52,12 @@ def sequence_forward(cell, reverse, p, w_hh_t, b_hh, h0, c0, hs, cs):
 
 
 @jit(parallel=True)
-def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_hs, dh0, dc0):
+def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_hs, grad_time_major,
+                      dh0, dc0):
     """Backpropagate through time; the adjoint recurrence of ``sequence_forward``.
 
-    ``grad_hs`` (E, T, B, H) is dL/dh_t arriving from outside at every step. On entry
+    ``grad_hs`` is dL/dh_t arriving from outside at every step, (T, E, B, H) if
+    ``grad_time_major`` (the user's layout: no copy needed) else (E, T, B, H). On entry
     ``dh0``/``dc0`` hold dL/dh_T, dL/dc_T of the final state; on exit dL/dh0, dL/dc0.
     ``p`` must hold what the forward pass saved; on exit it holds the gradients of the
     pre-activations (see ``kernels.cells``). With ``truncation = k > 0`` the gradient
@@ -81,8 +83,9 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
             else:
                 h_prev = h0[e, b]
                 c_prev = c0[e, b]
+            grad = grad_hs[t, e, b] if grad_time_major else grad_hs[e, t, b]
             for u in range(n_units):
-                dh[u] += grad_hs[e, t, b, u]
+                dh[u] += grad[u]
             cell_backward(cell, p[e, t, b], dh, dc, h_prev, c_prev, hs[e, t, b], cs[e, t, b],
                           dph, dh_prev)
             if truncation > 0 and s > 0 and s % truncation == 0:
@@ -141,7 +144,8 @@ def sequence_forward_gemm(cell, reverse, p, w_hh_t, b_hh, h0, c0, hs, cs):
 
 
 @jit
-def sequence_backward_gemm(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_hs, dh0, dc0):
+def sequence_backward_gemm(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_hs,
+                           grad_time_major, dh0, dc0):
     """``sequence_backward`` with time as the outer loop and BLAS for dh_prev = dph W_hh."""
     n_members, n_steps, batch, _ = p.shape
     n_units = hs.shape[3]
@@ -160,8 +164,9 @@ def sequence_backward_gemm(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, g
             else:
                 h_prev = h0[e]
                 c_prev = c0[e]
-            _step_backward_batch(cell, p[e, t], dh, dc, grad_hs[e, t], h_prev, c_prev, hs[e, t],
-                                 cs[e, t], dph, dh_prev)
+            grad = grad_hs[t, e] if grad_time_major else grad_hs[e, t]
+            _step_backward_batch(cell, p[e, t], dh, dc, grad, h_prev, c_prev, hs[e, t], cs[e, t],
+                                 dph, dh_prev)
             if truncation > 0 and s > 0 and s % truncation == 0:
                 dh[:] = 0.0
                 dc[:] = 0.0
