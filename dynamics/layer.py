@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from kernels.cells import LSTM, saved_width
+from kernels.cells import GRU, LSTM, saved_width
 from kernels.projections import parameter_and_input_gradients, project_inputs
 from kernels.sequence import (sequence_backward, sequence_backward_gemm, sequence_forward,
                               sequence_forward_gemm)
@@ -68,7 +68,7 @@ class LayerTape:
     bias_hh: np.ndarray
     h0: np.ndarray       # (E, B, H)
     c0: np.ndarray       # (E, B, H) for LSTM, (E, B, 0) otherwise
-    p: np.ndarray        # (E, T, B, saved width)
+    p: np.ndarray        # (E, T, B, saved width); T = 0 where nothing is saved
     hs: np.ndarray       # (E, T, B, H)
     cs: np.ndarray       # (E, T, B, H) for LSTM, (E, T, B, 0) otherwise
 
@@ -101,15 +101,23 @@ def layer_forward(cell, x, h0, c0, reverse):
     else:
         bias_ih = bias_hh = np.zeros((n_members, rows), dtype)
     cell_width = hidden if cell.code == LSTM else 0
-    p = np.empty((n_members, n_steps, batch, saved_width(cell.code, hidden)), dtype)
     hs = np.empty((n_members, n_steps, batch, hidden), dtype)
     cs = np.empty((n_members, n_steps, batch, cell_width), dtype)
     run_forward, _ = recurrence_kernels(weight_hh, batch)
+    blas_path = run_forward is sequence_forward_gemm
+    keep = blas_path or cell.code in (LSTM, GRU)  # a vanilla RNN's walk saves nothing
+    p = np.empty((n_members, n_steps if keep else 0, batch, saved_width(cell.code, hidden)),
+                 dtype)
     if n_steps:
+        w_hh_t = np.ascontiguousarray(weight_hh.transpose(0, 2, 1))
         with one_thread_pool(run_forward):
-            project_inputs(x, weight_ih, bias_ih, p)
-            w_hh_t = np.ascontiguousarray(weight_hh.transpose(0, 2, 1))
-            run_forward(cell.code, reverse, p, w_hh_t, bias_hh, h0, c0, hs, cs)
+            if blas_path:
+                project_inputs(x, weight_ih, bias_ih, p)
+                run_forward(cell.code, reverse, p, w_hh_t, bias_hh, h0, c0, hs, cs)
+            else:
+                w_ih_t = np.ascontiguousarray(weight_ih.transpose(0, 2, 1))
+                run_forward(cell.code, reverse, x if x.ndim == 4 else x[None], w_ih_t, bias_ih,
+                            p, w_hh_t, bias_hh, h0, c0, hs, cs)
     return LayerTape(cell, reverse, x, np.ascontiguousarray(weight_ih),
                      np.ascontiguousarray(weight_hh), bias_hh, h0, c0, p, hs, cs)
 
@@ -128,6 +136,8 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
              (("weight_ih", tape.weight_ih), ("weight_hh", tape.weight_hh),
               ("bias_ih", tape.bias_hh), ("bias_hh", tape.bias_hh))}
     _, run_backward = recurrence_kernels(tape.weight_hh, tape.h0.shape[1])
+    if tape.p.shape[1] != tape.hs.shape[1]:  # nothing saved: room for dL/d(pre-activation)
+        tape.p = np.empty(tape.hs.shape[:3] + tape.p.shape[3:], tape.p.dtype)
     if tape.p.shape[1]:
         with one_thread_pool(run_backward):
             run_backward(tape.cell.code, tape.reverse, truncation, tape.p, tape.weight_hh,

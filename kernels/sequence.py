@@ -31,22 +31,30 @@ def time_index(step, n_steps, reverse):
 
 
 @jit(parallel=True)
-def sequence_forward(cell, reverse, p, w_hh_t, b_hh, h0, c0, hs, cs):
-    """Run ``cell`` over the sequence: fills ``hs`` (and ``cs``), turns ``p`` into saved values.
+def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs, cs):
+    """Run ``cell`` over the sequence ``x``: fills ``hs`` (and ``cs``) and ``p``.
 
-    On entry ``p[..., :G*H]`` holds W_ih x_t + b_ih for every step.
+    ``x`` is (1, T, B, D) when shared by all members, else (E, T, B, D); ``w_ih_t``
+    (E, D, G*H) is W_ih transposed. The input projection is computed step by step
+    inside the walk (no pass over a (T, B, G*H) buffer). ``p`` receives what the
+    backward pass needs; a vanilla RNN needs nothing, and may pass ``p`` with T = 0.
     """
-    n_members, n_steps, batch, _ = p.shape
+    n_members, n_steps, batch, _ = hs.shape
+    keep = p.shape[1] > 0
     for item in prange(n_members * batch):
         e = item // batch
         b = item - e * batch
-        ph = np.empty(w_hh_t.shape[2], p.dtype)
+        e_x = 0 if x.shape[0] == 1 else e
+        ph = np.empty(w_hh_t.shape[2], hs.dtype)
+        scratch = np.empty(p.shape[3], hs.dtype)
         h_prev = h0[e, b]
         c_prev = c0[e, b]
         for s in range(n_steps):
             t = time_index(s, n_steps, reverse)
+            row = p[e, t, b] if keep else scratch
+            recurrent_matvec(w_ih_t[e], x[e_x, t, b], b_ih[e], row[:ph.shape[0]])
             recurrent_matvec(w_hh_t[e], h_prev, b_hh[e], ph)
-            cell_forward(cell, p[e, t, b], ph, h_prev, c_prev, hs[e, t, b], cs[e, t, b])
+            cell_forward(cell, row, ph, h_prev, c_prev, hs[e, t, b], cs[e, t, b])
             h_prev = hs[e, t, b]
             c_prev = cs[e, t, b]
 
@@ -125,7 +133,8 @@ def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_
 @jit
 def sequence_forward_gemm(cell, reverse, p, w_hh_t, b_hh, h0, c0, hs, cs):
     """``sequence_forward`` with time as the outer loop: per step one BLAS product
-    (B, H) x (H, G*H) per member, then the cell arithmetic in parallel over the batch.
+    (B, H) x (H, G*H) per member, then the cell arithmetic over the batch. On entry
+    ``p[..., :G*H]`` holds W_ih x_t + b_ih for every step (``kernels.projections``).
 
     Faster when one member's W_hh no longer fits in cache and the batch is large, so
     that a GEMM reads the weights once per step instead of once per sequence.

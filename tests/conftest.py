@@ -183,3 +183,13 @@ def single_thread():
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch's thread pool fights numba's on a small machine: one torch thread per module."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

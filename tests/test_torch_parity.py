@@ -5,7 +5,6 @@ The loss is ``L = sum(grad_output * output)`` (plus ``sum(grad_h_n * h_n)`` and
 ``sum(grad_c_n * c_n)`` where those are given), differentiated by torch autograd and by
 ``dynamics.bptt``.
 """
-import os
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dynamics
+from conftest import examples
 
 torch = pytest.importorskip("torch")
 
@@ -21,21 +21,11 @@ DTYPES = {"float32": (np.float32, torch.float32), "float64": (np.float64, torch.
 # (rtol, atol relative to the reference's largest magnitude)
 TOLERANCE = {"float64": (1e-10, 1e-11), "float32": (1e-4, 1e-4)}
 
-# 25 examples by default; a hypothesis profile chosen with HYPOTHESIS_PROFILE (e.g.
-# "thorough" from conftest.py) sets the number instead.
-SETTINGS = settings(
-    max_examples=settings().max_examples if os.environ.get("HYPOTHESIS_PROFILE") else 25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+# 25 examples under the default profile, scaled by HYPOTHESIS_PROFILE (conftest.py).
+SETTINGS = settings(examples(25), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """torch's thread pool fights numba's on a small machine: use one torch thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_module(kind, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,

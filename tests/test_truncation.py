@@ -6,7 +6,6 @@ of k steps *in each direction's processing order* while the forward state carrie
 chunks; ``k >= T`` equals full BPTT. For the reverse direction of a bidirectional layer
 the chunks therefore start at t = T-1: [T-1 .. T-k], [T-k-1 .. T-2k], ...
 """
-import os
 
 import numpy as np
 import pytest
@@ -14,26 +13,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dynamics
+from conftest import examples
 
 torch = pytest.importorskip("torch")
 
 KINDS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 CELLS = {"rnn_tanh": dynamics.RNN, "rnn_relu": dynamics.RNN, "lstm": dynamics.LSTM,
          "gru": dynamics.GRU}
-# 20 examples by default; a hypothesis profile chosen with HYPOTHESIS_PROFILE (e.g.
-# "thorough" from conftest.py) sets the number instead.
-SETTINGS = settings(
-    max_examples=settings().max_examples if os.environ.get("HYPOTHESIS_PROFILE") else 20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+# 20 examples under the default profile, scaled by HYPOTHESIS_PROFILE (conftest.py).
+SETTINGS = settings(examples(20), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_module(kind, input_size, hidden_size, num_layers=1, bidirectional=False, seed=0):
