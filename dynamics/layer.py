@@ -3,7 +3,6 @@
 Everything here works on validated, member-major arrays (see ``kernels.sequence``);
 ``dynamics.propagation`` converts from and to the user's time-major layout.
 """
-import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -34,26 +33,20 @@ def recurrence_kernels(weight_hh, batch):
 
 @functools.lru_cache(maxsize=None)
 def _blas_controller():
+    import scipy.linalg.cython_blas  # noqa: F401 -- the BLAS that numba's np.dot calls
     return ThreadpoolController()
 
 
-def one_thread_pool(kernel):
-    """A context in which only one thread pool is busy: BLAS's or numba's.
+def single_threaded_blas():
+    """A context in which every loaded BLAS (NumPy's, and SciPy's that numba's np.dot
+    calls) runs on the calling thread only.
 
-    The sequence-walk kernels use numba's threads; if BLAS's own threads are still
-    spinning from the matrix products just before, the two pools fight over the cores
-    (measured: 8 ms instead of 0.14 ms for a small LSTM on 2 cores). So around them
-    BLAS runs single-threaded; the BLAS recurrence keeps BLAS's threads and is serial
-    in numba.
+    Needed around numba-parallel kernels: a multi-threaded OpenBLAS called from inside
+    numba's OpenMP workers corrupts its results ("Detect OpenMP Loop"), and BLAS's own
+    threads, still spinning after a product, fight numba's for the cores (measured:
+    8 ms instead of 0.14 ms for a small LSTM on 2 cores).
     """
-    if kernel in (sequence_forward_gemm, sequence_backward_gemm):
-        return contextlib.nullcontext()
     return _blas_controller().limit(limits=1, user_api="blas")
-
-
-def _members(array, dtype):
-    """A parameter as a C-contiguous (E, ...) array in ``dtype`` (E = 1 for one network)."""
-    return np.ascontiguousarray(array, dtype=dtype)
 
 
 @dataclass
@@ -110,14 +103,15 @@ def layer_forward(cell, x, h0, c0, reverse):
                  dtype)
     if n_steps:
         w_hh_t = np.ascontiguousarray(weight_hh.transpose(0, 2, 1))
-        with one_thread_pool(run_forward):
-            if blas_path:
-                project_inputs(x, weight_ih, bias_ih, p)
+        if blas_path:
+            project_inputs(x, weight_ih, bias_ih, p)  # one large product: BLAS's threads
+            with single_threaded_blas():
                 run_forward(cell.code, reverse, p, w_hh_t, bias_hh, h0, c0, hs, cs)
-            else:
-                w_ih_t = np.ascontiguousarray(weight_ih.transpose(0, 2, 1))
-                run_forward(cell.code, reverse, x if x.ndim == 4 else x[None], w_ih_t, bias_ih,
-                            p, w_hh_t, bias_hh, h0, c0, hs, cs)
+        else:
+            w_ih_t = np.ascontiguousarray(weight_ih.transpose(0, 2, 1))
+            with single_threaded_blas():
+                run_forward(cell.code, reverse, x if x.ndim == 4 else x[None], w_ih_t,
+                            bias_ih, p, w_hh_t, bias_hh, h0, c0, hs, cs)
     return LayerTape(cell, reverse, x, np.ascontiguousarray(weight_ih),
                      np.ascontiguousarray(weight_hh), bias_hh, h0, c0, p, hs, cs)
 
@@ -139,14 +133,13 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
     if tape.p.shape[1] != tape.hs.shape[1]:  # nothing saved: room for dL/d(pre-activation)
         tape.p = np.empty(tape.hs.shape[:3] + tape.p.shape[3:], tape.p.dtype)
     if tape.p.shape[1]:
-        with one_thread_pool(run_backward):
+        with single_threaded_blas():
             run_backward(tape.cell.code, tape.reverse, truncation, tape.p, tape.weight_hh,
                          tape.h0, tape.c0, tape.hs, tape.cs, grad_hs, grad_time_major, dh0,
                          dc0)
-            parameter_and_input_gradients(tape.cell.code, tape.reverse, tape.x, tape.p,
-                                          tape.hs, tape.h0, tape.weight_ih, grad_x,
-                                          grads["weight_ih"], grads["weight_hh"],
-                                          grads["bias_ih"], grads["bias_hh"])
+        parameter_and_input_gradients(tape.cell.code, tape.reverse, tape.x, tape.p, tape.hs,
+                                      tape.h0, tape.weight_ih, grad_x, grads["weight_ih"],
+                                      grads["weight_hh"], grads["bias_ih"], grads["bias_hh"])
     if not tape.cell.bias:
         del grads["bias_ih"], grads["bias_hh"]
     return grads, dh0, dc0

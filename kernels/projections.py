@@ -34,6 +34,7 @@ def hidden_gradient_blocks(cell, hidden_size):
     return [(slice(0, GATES[cell] * H), slice(0, GATES[cell] * H))]
 
 
+@np.errstate(over="ignore", invalid="ignore")  # inf/nan are data, flagged downstream
 def project_inputs(x, weight_ih, bias_ih, p):
     """p[..., :G*H] = x W_ih^T + b_ih for every member, step and batch element."""
     n_rows = weight_ih.shape[1]
@@ -42,6 +43,7 @@ def project_inputs(x, weight_ih, bias_ih, p):
     out += bias_ih[:, None, :]
 
 
+@np.errstate(over="ignore", invalid="ignore")
 def parameter_and_input_gradients(cell, reverse, x, p, hs, h0, weight_ih, grad_x_accumulate,
                                   grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
     """Fill parameter gradients from the pre-activation gradients left in ``p``.

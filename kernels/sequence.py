@@ -106,14 +106,14 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
         dc0[e, b] = dc
 
 
+#: Batch rows per work item of the BLAS recurrence. Fixed, so that each row's
+#: arithmetic (BLAS's included) does not depend on the number of threads.
+GEMM_ROWS = 16
+
+
 @jit
 def _step_forward_batch(cell, p, ph, b_hh, h_prev, c_prev, h, c):
-    """``cell_forward`` for every batch element of one step, given ph = h_prev W_hh^T.
-
-    Serial on purpose: BLAS owns the cores in the GEMM path (a numba parallel region
-    between two BLAS calls makes both thread pools fight), and this part is only
-    O(B*G*H) against the product's O(B*G*H*H).
-    """
+    """``cell_forward`` for a block of batch rows of one step, given ph = h_prev W_hh^T."""
     for b in range(p.shape[0]):
         for i in range(ph.shape[1]):
             ph[b, i] += b_hh[i]
@@ -122,7 +122,7 @@ def _step_forward_batch(cell, p, ph, b_hh, h_prev, c_prev, h, c):
 
 @jit
 def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_prev):
-    """``cell_backward`` for every batch element of one step (serial, as above)."""
+    """``cell_backward`` for a block of batch rows of one step."""
     for b in range(p.shape[0]):
         for u in range(dh.shape[1]):
             dh[b, u] += grad_h[b, u]
@@ -130,57 +130,66 @@ def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_
                       dh_prev[b])
 
 
-@jit
+@jit(parallel=True)
 def sequence_forward_gemm(cell, reverse, p, w_hh_t, b_hh, h0, c0, hs, cs):
-    """``sequence_forward`` with time as the outer loop: per step one BLAS product
-    (B, H) x (H, G*H) per member, then the cell arithmetic over the batch. On entry
-    ``p[..., :G*H]`` holds W_ih x_t + b_ih for every step (``kernels.projections``).
-
-    Faster when one member's W_hh no longer fits in cache and the batch is large, so
-    that a GEMM reads the weights once per step instead of once per sequence.
+    """``sequence_forward`` for large weights: each work item is a block of up to
+    ``GEMM_ROWS`` sequences of one member, and each step's recurrent product for the
+    block is one BLAS call (B_block, H) x (H, G*H), reading the weights once per block
+    instead of once per sequence. Items walk through time independently (no per-step
+    synchronisation); call with BLAS single-threaded, numba's threads run the items.
+    On entry ``p[..., :G*H]`` holds W_ih x_t + b_ih (``kernels.projections``).
     """
     n_members, n_steps, batch, _ = p.shape
-    ph = np.empty((batch, w_hh_t.shape[2]), p.dtype)
-    for e in range(n_members):
-        h_prev = h0[e]
-        c_prev = c0[e]
+    n_blocks = (batch + GEMM_ROWS - 1) // GEMM_ROWS
+    for item in prange(n_members * n_blocks):
+        e = item // n_blocks
+        b0 = (item - e * n_blocks) * GEMM_ROWS
+        b1 = min(b0 + GEMM_ROWS, batch)
+        ph = np.empty((b1 - b0, w_hh_t.shape[2]), p.dtype)
+        h_prev = h0[e, b0:b1]
+        c_prev = c0[e, b0:b1]
         for s in range(n_steps):
             t = time_index(s, n_steps, reverse)
             np.dot(h_prev, w_hh_t[e], ph)
-            _step_forward_batch(cell, p[e, t], ph, b_hh[e], h_prev, c_prev, hs[e, t], cs[e, t])
-            h_prev = hs[e, t]
-            c_prev = cs[e, t]
+            _step_forward_batch(cell, p[e, t, b0:b1], ph, b_hh[e], h_prev, c_prev,
+                                hs[e, t, b0:b1], cs[e, t, b0:b1])
+            h_prev = hs[e, t, b0:b1]
+            c_prev = cs[e, t, b0:b1]
 
 
-@jit
+@jit(parallel=True)
 def sequence_backward_gemm(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_hs,
                            grad_time_major, dh0, dc0):
-    """``sequence_backward`` with time as the outer loop and BLAS for dh_prev = dph W_hh."""
+    """``sequence_backward`` in blocks of batch rows, dh_prev = dph W_hh by BLAS."""
     n_members, n_steps, batch, _ = p.shape
     n_units = hs.shape[3]
-    dph = np.empty((batch, w_hh.shape[1]), p.dtype)
-    dh_prev = np.empty((batch, n_units), p.dtype)
-    through_w = np.empty((batch, n_units), p.dtype)
-    for e in range(n_members):
-        dh = dh0[e].copy()
-        dc = dc0[e].copy()
+    n_blocks = (batch + GEMM_ROWS - 1) // GEMM_ROWS
+    for item in prange(n_members * n_blocks):
+        e = item // n_blocks
+        b0 = (item - e * n_blocks) * GEMM_ROWS
+        b1 = min(b0 + GEMM_ROWS, batch)
+        dph = np.empty((b1 - b0, w_hh.shape[1]), p.dtype)
+        dh_prev = np.empty((b1 - b0, n_units), p.dtype)
+        through_w = np.empty((b1 - b0, n_units), p.dtype)
+        dh = dh0[e, b0:b1].copy()
+        dc = dc0[e, b0:b1].copy()
         for s in range(n_steps - 1, -1, -1):
             t = time_index(s, n_steps, reverse)
             if s > 0:
                 t_prev = time_index(s - 1, n_steps, reverse)
-                h_prev = hs[e, t_prev]
-                c_prev = cs[e, t_prev]
+                h_prev = hs[e, t_prev, b0:b1]
+                c_prev = cs[e, t_prev, b0:b1]
             else:
-                h_prev = h0[e]
-                c_prev = c0[e]
-            grad = grad_hs[t, e] if grad_time_major else grad_hs[e, t]
-            _step_backward_batch(cell, p[e, t], dh, dc, grad, h_prev, c_prev, hs[e, t], cs[e, t],
-                                 dph, dh_prev)
+                h_prev = h0[e, b0:b1]
+                c_prev = c0[e, b0:b1]
+            grad = grad_hs[t, e, b0:b1] if grad_time_major else grad_hs[e, t, b0:b1]
+            _step_backward_batch(cell, p[e, t, b0:b1], dh, dc, grad, h_prev, c_prev,
+                                 hs[e, t, b0:b1], cs[e, t, b0:b1], dph, dh_prev)
             if truncation > 0 and s > 0 and s % truncation == 0:
                 dh[:] = 0.0
                 dc[:] = 0.0
             else:
                 np.dot(dph, w_hh[e], through_w)
                 dh[:] = dh_prev + through_w
-        dh0[e] = dh
-        dc0[e] = dc
+        dh0[e, b0:b1] = dh
+        dc0[e, b0:b1] = dc
