@@ -133,13 +133,21 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
     if tape.p.shape[1] != tape.hs.shape[1]:  # nothing saved: room for dL/d(pre-activation)
         tape.p = np.empty(tape.hs.shape[:3] + tape.p.shape[3:], tape.p.dtype)
     if tape.p.shape[1]:
+        def parameter_gradients():
+            parameter_and_input_gradients(
+                tape.cell.code, tape.reverse, tape.x, tape.p, tape.hs, tape.h0, tape.weight_ih,
+                grad_x, grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
+                grads["bias_hh"])
+
+        large = run_backward is sequence_backward_gemm
         with single_threaded_blas():
             run_backward(tape.cell.code, tape.reverse, truncation, tape.p, tape.weight_hh,
                          tape.h0, tape.c0, tape.hs, tape.cs, grad_hs, grad_time_major, dh0,
                          dc0)
-        parameter_and_input_gradients(tape.cell.code, tape.reverse, tape.x, tape.p, tape.hs,
-                                      tape.h0, tape.weight_ih, grad_x, grads["weight_ih"],
-                                      grads["weight_hh"], grads["bias_ih"], grads["bias_hh"])
+            if not large:  # small products: not worth waking BLAS's threads
+                parameter_gradients()
+        if large:
+            parameter_gradients()
     if not tape.cell.bias:
         del grads["bias_ih"], grads["bias_hh"]
     return grads, dh0, dc0
