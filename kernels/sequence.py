@@ -112,6 +112,15 @@ GEMM_ROWS = 16
 
 
 @jit
+def batch_block(item, batch):
+    """(member, first row, end row) of work item ``item`` over blocks of ``GEMM_ROWS``."""
+    n_blocks = (batch + GEMM_ROWS - 1) // GEMM_ROWS
+    e = item // n_blocks
+    b0 = (item - e * n_blocks) * GEMM_ROWS
+    return e, b0, min(b0 + GEMM_ROWS, batch)
+
+
+@jit
 def _step_forward_batch(cell, p, ph, b_hh, h_prev, c_prev, h, c):
     """``cell_forward`` for a block of batch rows of one step, given ph = h_prev W_hh^T."""
     for b in range(p.shape[0]):
@@ -140,11 +149,8 @@ def sequence_forward_gemm(cell, reverse, p, w_hh_t, b_hh, h0, c0, hs, cs):
     On entry ``p[..., :G*H]`` holds W_ih x_t + b_ih (``kernels.projections``).
     """
     n_members, n_steps, batch, _ = p.shape
-    n_blocks = (batch + GEMM_ROWS - 1) // GEMM_ROWS
-    for item in prange(n_members * n_blocks):
-        e = item // n_blocks
-        b0 = (item - e * n_blocks) * GEMM_ROWS
-        b1 = min(b0 + GEMM_ROWS, batch)
+    for item in prange(n_members * ((batch + GEMM_ROWS - 1) // GEMM_ROWS)):
+        e, b0, b1 = batch_block(item, batch)
         ph = np.empty((b1 - b0, w_hh_t.shape[2]), p.dtype)
         h_prev = h0[e, b0:b1]
         c_prev = c0[e, b0:b1]
@@ -163,11 +169,8 @@ def sequence_backward_gemm(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, g
     """``sequence_backward`` in blocks of batch rows, dh_prev = dph W_hh by BLAS."""
     n_members, n_steps, batch, _ = p.shape
     n_units = hs.shape[3]
-    n_blocks = (batch + GEMM_ROWS - 1) // GEMM_ROWS
-    for item in prange(n_members * n_blocks):
-        e = item // n_blocks
-        b0 = (item - e * n_blocks) * GEMM_ROWS
-        b1 = min(b0 + GEMM_ROWS, batch)
+    for item in prange(n_members * ((batch + GEMM_ROWS - 1) // GEMM_ROWS)):
+        e, b0, b1 = batch_block(item, batch)
         dph = np.empty((b1 - b0, w_hh.shape[1]), p.dtype)
         dh_prev = np.empty((b1 - b0, n_units), p.dtype)
         through_w = np.empty((b1 - b0, n_units), p.dtype)

@@ -193,3 +193,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def torch_module(kind, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
+                 dtype="float64", seed=0):
+    """A seeded ``torch.nn.RNN/LSTM/GRU`` in ``dtype`` with torch's default initialisation."""
+    import torch
+
+    torch.manual_seed(seed)
+    options = dict(num_layers=num_layers, bidirectional=bidirectional, bias=bias)
+    if kind == "lstm":
+        module = torch.nn.LSTM(input_size, hidden_size, **options)
+    elif kind == "gru":
+        module = torch.nn.GRU(input_size, hidden_size, **options)
+    else:
+        module = torch.nn.RNN(input_size, hidden_size, nonlinearity=kind[4:], **options)
+    return module.to(getattr(torch, dtype))

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dynamics
-from conftest import examples
+from conftest import examples, torch_module as make_module
 
 torch = pytest.importorskip("torch")
 
@@ -25,18 +25,6 @@ SETTINGS = settings(examples(20), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-
-def make_module(kind, input_size, hidden_size, num_layers=1, bidirectional=False, seed=0):
-    torch.manual_seed(seed)
-    options = dict(num_layers=num_layers, bidirectional=bidirectional)
-    if kind == "lstm":
-        module = torch.nn.LSTM(input_size, hidden_size, **options)
-    elif kind == "gru":
-        module = torch.nn.GRU(input_size, hidden_size, **options)
-    else:
-        module = torch.nn.RNN(input_size, hidden_size, nonlinearity=kind[4:], **options)
-    return module.double()
 
 
 def chunked_torch(module, x, h0, c0, grad_output, k):
