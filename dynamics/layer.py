@@ -3,6 +3,7 @@
 Everything here works on validated, member-major arrays (see ``kernels.sequence``);
 ``dynamics.propagation`` converts from and to the user's time-major layout.
 """
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -14,9 +15,11 @@ from kernels.projections import parameter_and_input_gradients, project_inputs
 from kernels.sequence import (sequence_backward, sequence_backward_gemm, sequence_forward,
                               sequence_forward_gemm)
 
-#: The per-step BLAS recurrence is used when one member's W_hh is at least this large
-#: (it no longer stays in a core's cache across steps) and the batch at least
-#: ``GEMM_MIN_BATCH``; below, each sequence walks through time with its weights in cache.
+#: The BLAS recurrence (blocks of batch rows, one product per step) is used when one
+#: member's W_hh is at least this large (it no longer stays in a core's L1 across steps)
+#: and the batch at least ``GEMM_MIN_BATCH``; below, each sequence walks through time on
+#: its own with its weights in cache. The choice depends on shapes only, never on the
+#: thread count, so results stay bitwise reproducible.
 #: Tuned on a 2-core Zen 4 (48 KiB L1, 1 MiB L2 per core), B = 32: the walk wins for a
 #: 16 KiB W_hh (tanh RNN, H = 64), the BLAS path from 64 KiB (tanh H = 128, LSTM H = 64).
 GEMM_MIN_WEIGHT_BYTES = 64 << 10
@@ -47,6 +50,12 @@ def single_threaded_blas():
     8 ms instead of 0.14 ms for a small LSTM on 2 cores).
     """
     return _blas_controller().limit(limits=1, user_api="blas")
+
+
+def member_major(parameter, dtype, ensemble_size):
+    """A parameter as a C-contiguous (E, ...) array in ``dtype`` (E = 1 for one network)."""
+    parameter = np.asarray(parameter, dtype=dtype)
+    return np.ascontiguousarray(parameter if ensemble_size else parameter[None])
 
 
 @dataclass
@@ -84,15 +93,13 @@ def layer_forward(cell, x, h0, c0, reverse):
     dtype = h0.dtype
     n_members, batch, hidden = h0.shape
     n_steps = x.shape[-3]
-    params = [np.ascontiguousarray(a, dtype=dtype) for a in
-              (cell.weight_ih, cell.weight_hh) + ((cell.bias_ih, cell.bias_hh) if cell.bias else ())]
-    weight_ih, weight_hh = (np.broadcast_to(w, (n_members,) + w.shape[-2:]) for w in params[:2])
-    rows = weight_hh.shape[1]
+    weight_ih, weight_hh = (member_major(w, dtype, cell.ensemble_size)
+                            for w in (cell.weight_ih, cell.weight_hh))
     if cell.bias:
-        bias_ih, bias_hh = (np.ascontiguousarray(np.broadcast_to(b, (n_members, rows)))
-                            for b in params[2:])
+        bias_ih, bias_hh = (member_major(b, dtype, cell.ensemble_size)
+                            for b in (cell.bias_ih, cell.bias_hh))
     else:
-        bias_ih = bias_hh = np.zeros((n_members, rows), dtype)
+        bias_ih = bias_hh = np.zeros(weight_hh.shape[:2], dtype)
     cell_width = hidden if cell.code == LSTM else 0
     hs = np.empty((n_members, n_steps, batch, hidden), dtype)
     cs = np.empty((n_members, n_steps, batch, cell_width), dtype)
@@ -112,8 +119,7 @@ def layer_forward(cell, x, h0, c0, reverse):
             with single_threaded_blas():
                 run_forward(cell.code, reverse, x if x.ndim == 4 else x[None], w_ih_t,
                             bias_ih, p, w_hh_t, bias_hh, h0, c0, hs, cs)
-    return LayerTape(cell, reverse, x, np.ascontiguousarray(weight_ih),
-                     np.ascontiguousarray(weight_hh), bias_hh, h0, c0, p, hs, cs)
+    return LayerTape(cell, reverse, x, weight_ih, weight_hh, bias_hh, h0, c0, p, hs, cs)
 
 
 def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncation, grad_x):
@@ -126,28 +132,25 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
     """
     dh0 = np.array(grad_h_n, dtype=tape.h0.dtype, order="C")
     dc0 = np.array(grad_c_n, dtype=tape.h0.dtype, order="C")
-    grads = {name: np.zeros_like(array) for name, array in
-             (("weight_ih", tape.weight_ih), ("weight_hh", tape.weight_hh),
-              ("bias_ih", tape.bias_hh), ("bias_hh", tape.bias_hh))}
+    grads = {"weight_ih": np.zeros_like(tape.weight_ih),
+             "weight_hh": np.zeros_like(tape.weight_hh),
+             "bias_ih": np.zeros_like(tape.bias_hh),  # both biases are (E, G*H)
+             "bias_hh": np.zeros_like(tape.bias_hh)}
     _, run_backward = recurrence_kernels(tape.weight_hh, tape.h0.shape[1])
     if tape.p.shape[1] != tape.hs.shape[1]:  # nothing saved: room for dL/d(pre-activation)
         tape.p = np.empty(tape.hs.shape[:3] + tape.p.shape[3:], tape.p.dtype)
     if tape.p.shape[1]:
-        def parameter_gradients():
-            parameter_and_input_gradients(
-                tape.cell.code, tape.reverse, tape.x, tape.p, tape.hs, tape.h0, tape.weight_ih,
-                grad_x, grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
-                grads["bias_hh"])
-
-        large = run_backward is sequence_backward_gemm
         with single_threaded_blas():
             run_backward(tape.cell.code, tape.reverse, truncation, tape.p, tape.weight_hh,
                          tape.h0, tape.c0, tape.hs, tape.cs, grad_hs, grad_time_major, dh0,
                          dc0)
-            if not large:  # small products: not worth waking BLAS's threads
-                parameter_gradients()
-        if large:
-            parameter_gradients()
+        # large products get BLAS's threads; small ones are not worth waking them for
+        large = run_backward is sequence_backward_gemm
+        with contextlib.nullcontext() if large else single_threaded_blas():
+            parameter_and_input_gradients(
+                tape.cell.code, tape.reverse, tape.x, tape.p, tape.hs, tape.h0, tape.weight_ih,
+                grad_x, grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
+                grads["bias_hh"])
     if not tape.cell.bias:
         del grads["bias_ih"], grads["bias_hh"]
     return grads, dh0, dc0
