@@ -28,9 +28,10 @@ CELL_CODES = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "lstm": LSTM, "gru": G
 GATES = {RNN_TANH: 1, RNN_RELU: 1, LSTM: 4, GRU: 3}
 
 
+@jit
 def saved_width(cell, hidden_size):
     """Width of the per-step work row ``p`` for ``cell`` (see the module docstring)."""
-    return (1 if cell in (RNN_TANH, RNN_RELU) else 4) * hidden_size
+    return hidden_size if cell == RNN_TANH or cell == RNN_RELU else 4 * hidden_size
 
 
 @jit
@@ -179,17 +180,11 @@ def cell_backward(cell, p, dh, dc, h_prev, c_prev, h, c, dph, dh_prev):
 @jit
 def _step(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out):
     n_rows = weight_hh.shape[0]
-    p = np.empty(saved_width_jit(cell, h.shape[0]), h.dtype)
+    p = np.empty(saved_width(cell, h.shape[0]), h.dtype)
     ph = np.empty(n_rows, h.dtype)
     input_matvec(weight_ih, x, bias_ih, p)
     input_matvec(weight_hh, h, bias_hh, ph)
     cell_forward(cell, p, ph, h, c, h_out, c_out)
-
-
-@jit
-def saved_width_jit(cell, hidden_size):
-    """``saved_width`` for use inside kernels."""
-    return hidden_size if cell == RNN_TANH or cell == RNN_RELU else 4 * hidden_size
 
 
 _STEP_DOC = """One step of a {name} cell for one sequence, callable from your own ``@njit`` code.

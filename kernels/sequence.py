@@ -1,13 +1,19 @@
 """Sequence forward and backward (BPTT) of one layer-direction, for ensembles.
 
-Arrays are member-major: ``p`` (E, T, B, W), states ``hs``/``cs`` (E, T, B, H). One
-work item is one sequence (member e, batch element b); items run in parallel
-(``prange``) and each walks through time on its own, so its member's recurrent weights
-stay in cache for all T steps and no floating-point sum is ever split across threads:
-results are bitwise identical for any number of threads.
+Arrays are member-major: ``p`` (E, T, B, W), states ``hs``/``cs`` (E, T, B, H). Two
+strategies, chosen by ``dynamics.layer.recurrence_kernels`` from shapes alone:
 
-The non-recurrent work (input projections, parameter and input gradients) is matrix
-products over all steps at once, done by BLAS in ``kernels.projections``.
+- the walk (``sequence_forward``/``sequence_backward``): one work item is one sequence
+  (member e, batch element b); items run in parallel (``prange``) and each walks
+  through time on its own, with its member's weights in cache for all T steps and the
+  input projection computed on the way;
+- the BLAS recurrence (``*_gemm``): one work item is a fixed block of batch rows of one
+  member, with one single-threaded BLAS product per step.
+
+Either way no floating-point sum is split across threads, so results are bitwise
+identical for any number of threads. Parameter and input gradients (and the BLAS
+path's input projections) are matrix products over all steps at once, done by BLAS in
+``kernels.projections``.
 
 What the kernels assume (checked by ``dynamics``, not here): every array C-contiguous
 and of one float dtype; ``p`` (E, T, B, saved_width), ``w_hh_t`` (E, H, G*H) = W_hh
