@@ -38,7 +38,7 @@ def _user_layout(array, ensemble):
     return array.transpose(1, 0, 2, 3) if ensemble else array[0]
 
 
-def _check_input(net, x):
+def check_input(net, x):
     """x as used internally: (T, B, D) shared, or member-major (E, T, B, D)."""
     x = check_float_array("x", x)
     D, E = net.input_size, net.ensemble_size
@@ -55,7 +55,7 @@ def _check_input(net, x):
     return x, batch
 
 
-def _check_state(name, value, net, batch, dtype):
+def check_state(name, value, net, batch, dtype):
     """An initial state (or its gradient) as (layers*dirs, E, B, H) in ``dtype``."""
     n_states = net.num_layers * net.num_directions
     E, H = net.ensemble_size, net.hidden_size
@@ -67,7 +67,7 @@ def _check_state(name, value, net, batch, dtype):
     return np.ascontiguousarray(value[:, None] if E is None else value)
 
 
-def _check_states(net, h0, batch, dtype):
+def check_states(net, h0, batch, dtype):
     lstm = net.kind == "lstm"
     if lstm and h0 is not None:
         if not (isinstance(h0, tuple) and len(h0) == 2):
@@ -77,8 +77,8 @@ def _check_states(net, h0, batch, dtype):
         if isinstance(h0, tuple):
             raise TypeError(f"h0 of a {net.kind} network must be an array, not a tuple")
         c0 = None
-    h0 = _check_state("h0", h0, net, batch, dtype)
-    c0 = _check_state("c0", c0, net, batch, dtype) if lstm else h0[..., :0]
+    h0 = check_state("h0", h0, net, batch, dtype)
+    c0 = check_state("c0", c0, net, batch, dtype) if lstm else h0[..., :0]
     return h0, c0
 
 
@@ -110,8 +110,8 @@ def forward(model, x, h0=None, backend="cpu"):
     """
     _check_backend(backend)
     net = as_network(model)
-    x, batch = _check_input(net, x)
-    h0, c0 = _check_states(net, h0, batch, x.dtype)
+    x, batch = check_input(net, x)
+    h0, c0 = check_states(net, h0, batch, x.dtype)
     tapes, layer_input = [], x
     for suffix, l, d, cell in net.named_cells():
         k = l * net.num_directions + d
@@ -164,9 +164,9 @@ def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_
     grad_output = check_shape("grad_output", check_float_array("grad_output", grad_output),
                               result.output.shape).astype(dtype, copy=False)
     batch = result.output.shape[-2]
-    grad_h = _check_state("grad_h_n", grad_h_n, net, batch, dtype)
+    grad_h = check_state("grad_h_n", grad_h_n, net, batch, dtype)
     if net.kind == "lstm":
-        grad_c = _check_state("grad_c_n", grad_c_n, net, batch, dtype)
+        grad_c = check_state("grad_c_n", grad_c_n, net, batch, dtype)
     elif grad_c_n is not None:
         raise ValueError(f"grad_c_n is only for LSTM networks, not {net.kind}")
     else:

@@ -13,7 +13,8 @@ def from_torch(module):
 
     Any ``num_layers``, ``bidirectional`` and ``bias``; ``batch_first`` modules are
     accepted (our arrays stay time-major); ``proj_size`` and ``dropout`` are not.
-    The dtype follows the module's (float32 or float64).
+    The dtype follows the module's (float32 or float64). The weights are copied: training
+    the module further does not change the network.
 
     >>> import torch, numpy as np, dynamics
     >>> m = torch.nn.GRU(3, 4, num_layers=2).double()
@@ -36,7 +37,7 @@ def from_torch(module):
         raise TypeError(f"module must be torch.nn.RNN, LSTM or GRU, got {type(module).__name__}")
     if module.dropout and module.num_layers > 1:
         raise ValueError("dropout between layers is not supported (set it to 0)")
-    state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
     names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if module.bias else ())
     layers = []
     for l in range(module.num_layers):

@@ -7,8 +7,17 @@ The four step functions are public and callable from your own ``@njit`` code::
     lstm_step(x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out)
     gru_step(x, h, weight_ih, weight_hh, bias_ih, bias_hh, h_out)
 
-Kernels trust their arguments; ``dynamics`` validates before calling them.
-"""
-from kernels.cells import gru_step, lstm_step, rnn_relu_step, rnn_tanh_step
+and so are the linearised step (``kernels.jacobians``)::
 
-__all__ = ["rnn_tanh_step", "rnn_relu_step", "lstm_step", "gru_step"]
+    cell_linearisation(cell, saved, h_prev, c_prev, h, c, lin)   # derivatives of one step
+    state_jacobian(lin, w_hh, jac)                              # J = d s_t / d s_(t-1)
+    state_jvp(lin, w_hh, qh, qc, qh_out, qc_out)                # J q
+    state_vjp(lin, w_hh, lh, lc, lh_out, lc_out)                # l J
+
+Kernels trust their arguments; ``dynamics`` and ``analysis`` validate before calling them.
+"""
+from kernels.cells import cell_linearisation, gru_step, lstm_step, rnn_relu_step, rnn_tanh_step
+from kernels.jacobians import state_jacobian, state_jvp, state_vjp
+
+__all__ = ["rnn_tanh_step", "rnn_relu_step", "lstm_step", "gru_step", "cell_linearisation",
+           "state_jacobian", "state_jvp", "state_vjp"]

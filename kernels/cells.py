@@ -83,6 +83,12 @@ def input_matvec(w, x, bias, out):
 
 
 @jit
+def saved_gates(row, n_units, u):
+    """Unit u's four saved values of a gated cell: LSTM (i, f, g, o), GRU (r, z, n, W_hn h + b)."""
+    return row[u], row[n_units + u], row[2 * n_units + u], row[3 * n_units + u]
+
+
+@jit
 def cell_forward(cell, p, ph, h_prev, c_prev, h, c):
     """One step of ``cell`` for one sequence, given both pre-activations.
 
@@ -144,10 +150,7 @@ def cell_backward(cell, p, dh, dc, h_prev, c_prev, h, c, dph, dh_prev):
             dh_prev[u] = 0.0
     elif cell == LSTM:
         for u in range(n_units):
-            i = p[u]
-            f = p[n_units + u]
-            g = p[2 * n_units + u]
-            o = p[3 * n_units + u]
+            i, f, g, o = saved_gates(p, n_units, u)
             tc = tanh(c[u])
             dct = dc[u] + dh[u] * o * dtanh(tc)
             p[u] = dct * g * dsigmoid(i)
@@ -160,10 +163,7 @@ def cell_backward(cell, p, dh, dc, h_prev, c_prev, h, c, dph, dh_prev):
             dh_prev[u] = 0.0
     else:
         for u in range(n_units):
-            r = p[u]
-            z = p[n_units + u]
-            n = p[2 * n_units + u]
-            hn = p[3 * n_units + u]
+            r, z, n, hn = saved_gates(p, n_units, u)
             dn_pre = (dh[u] - dh[u] * z) * dtanh(n)
             dr_pre = dn_pre * hn * dsigmoid(r)
             dz_pre = dh[u] * (h_prev[u] - n) * dsigmoid(z)
@@ -175,6 +175,62 @@ def cell_backward(cell, p, dh, dc, h_prev, c_prev, h, c, dph, dh_prev):
             dph[n_units + u] = dz_pre
             dph[2 * n_units + u] = dn_pre * r
             dh_prev[u] = dh[u] * z
+
+
+#: Rows of the linearisation array ``lin`` (LIN_ROWS, H) filled by ``cell_linearisation``:
+#: ``lin[LIN_H + k, u]`` = dh_u/da_(kH+u) and ``lin[LIN_C + k, u]`` = dc_u/da_(kH+u) for
+#: gate k, where a = W_hh h_prev is the hidden part of the pre-activations; the direct
+#: terms ``lin[LIN_HH, u]`` = dh_u/dh_prev_u (GRU's z), ``lin[LIN_HC, u]`` = dh_u/dc_prev_u
+#: and ``lin[LIN_CC, u]`` = dc_u/dc_prev_u (LSTM's f).
+LIN_H, LIN_C, LIN_HH, LIN_HC, LIN_CC, LIN_ROWS = 0, 4, 8, 9, 10, 11
+
+
+@jit
+def n_gates(cell):
+    """G, the number of gate blocks of ``cell`` (rows of W_hh = G * H)."""
+    return 4 if cell == LSTM else 3 if cell == GRU else 1
+
+
+@jit
+def cell_linearisation(cell, saved, h_prev, c_prev, h, c, lin):
+    """The derivative of one step of ``cell`` with respect to the previous state.
+
+    ``saved`` is the row ``cell_forward`` left in ``p`` (unused by vanilla RNNs, which
+    need only ``h``); fills ``lin`` (LIN_ROWS, H) as described at ``LIN_ROWS``. With
+    a = W_hh h_prev, the state Jacobian is
+
+        dh/dh_prev = sum_k diag(lin[LIN_H + k]) W_k + diag(lin[LIN_HH]),
+        dh/dc_prev = diag(lin[LIN_HC]),
+        dc/dh_prev = sum_k diag(lin[LIN_C + k]) W_k,   dc/dc_prev = diag(lin[LIN_CC]),
+
+    W_k being gate k's rows of W_hh. ``cell_backward`` is this map transposed.
+    """
+    n_units = h.shape[0]
+    lin[:] = 0.0
+    if cell == RNN_TANH or cell == RNN_RELU:
+        for u in range(n_units):
+            lin[LIN_H, u] = dtanh(h[u]) if cell == RNN_TANH else drelu(h[u])
+    elif cell == LSTM:
+        for u in range(n_units):
+            i, f, g, o = saved_gates(saved, n_units, u)
+            tc = tanh(c[u])
+            through_c = o * dtanh(tc)
+            lin[LIN_C, u] = g * dsigmoid(i)
+            lin[LIN_C + 1, u] = c_prev[u] * dsigmoid(f)
+            lin[LIN_C + 2, u] = i * dtanh(g)
+            for k in range(3):
+                lin[LIN_H + k, u] = through_c * lin[LIN_C + k, u]
+            lin[LIN_H + 3, u] = tc * dsigmoid(o)
+            lin[LIN_CC, u] = f
+            lin[LIN_HC, u] = through_c * f
+    else:
+        for u in range(n_units):
+            r, z, n, hn = saved_gates(saved, n_units, u)
+            through_n = dtanh(n) - z * dtanh(n)
+            lin[LIN_H, u] = through_n * hn * dsigmoid(r)
+            lin[LIN_H + 1, u] = (h_prev[u] - n) * dsigmoid(z)
+            lin[LIN_H + 2, u] = through_n * r
+            lin[LIN_HH, u] = z
 
 
 @jit

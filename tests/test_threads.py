@@ -1,5 +1,6 @@
-"""Results do not depend on numba's thread count: forward outputs and every BPTT
-gradient are bitwise identical under ``NUMBA_NUM_THREADS=1`` and ``=2``.
+"""Results do not depend on numba's thread count: forward outputs, every BPTT gradient
+and the analysis kernels' results are bitwise identical under ``NUMBA_NUM_THREADS=1``
+and ``=2``.
 
 Each thread count runs in its own subprocess (numba reads the variable at start-up).
 """
@@ -52,6 +53,17 @@ for kind in CELLS:
                     g = dynamics.bptt(net, x, grad_output, h0=state, truncation=truncation)
                     for gname, value in g.items():
                         results[f"{key}-k{truncation}-grad-{gname}"] = value
+import analysis  # linearised kernels; H = 150 is split into blocks by the Lyapunov kernel
+for kind in CELLS:
+    options = {"nonlinearity": kind[4:]} if kind.startswith("rnn_") else {}
+    cell = CELLS[kind].init(3, 150, ensemble=2, seed=1, init="gaussian", gain=1.5, **options)
+    x = np.random.default_rng(0).normal(size=(30, 2, 3))
+    for k in (1, 5):  # one tangent: one block per thread; several: blocks from H alone
+        ly = analysis.lyapunov_spectrum(cell, x, n_exponents=k, interval=3, burn_in=5)
+        results[f"{kind}-float64-lyapunov-{k}"] = ly.running_estimate.values
+    g = analysis.gradient_norm_vs_lag(cell, x[:8], spectral=False)
+    results[f"{kind}-float64-gradient-norm"] = g.log_gradient_norm.values[1:]
+    results[f"{kind}-float64-jacobians"] = analysis.state_jacobians(cell, x[:2]).values
 np.savez(sys.argv[1], **results)
 print(json.dumps({"threads": numba.get_num_threads(), "count": len(results)}))
 """

@@ -1,0 +1,107 @@
+"""State Jacobians along a trajectory and their products, as xarray.
+
+The state s_t is h_t, or (h_t, c_t) stacked for an LSTM; s_(-1) is the initial state.
+J_t = d s_t / d s_(t-1) is the Jacobian of step t along the trajectory driven by x.
+
+>>> import numpy as np, dynamics, analysis
+>>> rnn = dynamics.RNN.init(2, 4, seed=0)
+>>> x = np.random.default_rng(0).normal(size=(10, 3, 2))
+>>> jac = analysis.state_jacobians(rnn, x)
+>>> jac.dims, jac.shape
+(('time', 'batch', 'row', 'column'), (10, 3, 4, 4))
+>>> prod = analysis.jacobian_product(rnn, x, t=9, k=6)
+>>> j = jac.values
+>>> bool(np.allclose(prod[0], j[9, 0] @ j[8, 0] @ j[7, 0]))
+True
+"""
+import numpy as np
+import xarray as xr
+
+import dynamics
+from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, provenance,
+                              single_cell, state_coords, state_size)
+from dynamics.layer import single_threaded_blas
+from dynamics.validation import check_float_array
+from kernels.tangents import tangent_chain, trajectory_jacobians
+
+
+def trajectory(model, x, h0=None, dtype=np.float64):
+    """Run ``model`` over ``x`` in ``dtype``; return (cell, tape of the saved steps)."""
+    cell = single_cell(model)
+    dtype = analysis_dtype(dtype)
+    x = check_float_array("x", x).astype(dtype, copy=False)
+    result = dynamics.forward(cell.astype(dtype), x, h0)
+    return cell, result.tapes[0]
+
+
+def tape_arguments(tape):
+    """The tape's arrays in the order the kernels of ``kernels.tangents`` take them."""
+    return tape.cell.code, tape.p, tape.weight_hh, tape.h0, tape.c0, tape.hs, tape.cs
+
+
+def state_labels(cell, *dims):
+    """Coordinates naming the state component of each index along ``dims``."""
+    part, unit = state_coords(cell)
+    labels = {}
+    for dim in dims:
+        labels[f"{dim}_part"] = (dim, part)
+        labels[f"{dim}_unit"] = (dim, unit)
+    return labels
+
+
+def state_jacobians(model, x, h0=None, dtype=np.float64):
+    """J_t = d s_t / d s_(t-1) at every step of the trajectory driven by ``x``.
+
+    Holds T * B * S^2 numbers: for long sequences use ``jacobian_product``,
+    ``gradient_norm_vs_lag`` or ``log_singular_values`` instead.
+
+    Parameters
+    ----------
+    model : dynamics.RNN, LSTM, GRU (or an ensemble), or a one-layer unidirectional Network
+    x : (T, B, D) input, or (T, E, B, D) for an ensemble with inputs per member
+    h0 : initial state as for ``dynamics.forward`` (zeros if omitted)
+    dtype : float64 (default) or float32
+
+    Returns
+    -------
+    xarray.DataArray ``(time, [member,] batch, row, column)``; the coordinates
+    ``row_part``/``row_unit`` (and ``column_*``) name each state component ("h" or "c",
+    unit index).
+    """
+    cell, tape = trajectory(model, x, h0, dtype)
+    E, T, B, _ = tape.hs.shape
+    S = state_size(cell)
+    jac = np.empty((E, T, B, S, S), tape.hs.dtype)
+    with single_threaded_blas():
+        trajectory_jacobians(*tape_arguments(tape), jac)
+    jac = np.moveaxis(drop_member(jac, cell), -4, 0)  # time first, as in dynamics
+    return xr.DataArray(
+        jac, dims=("time",) + item_dims(cell) + ("row", "column"),
+        coords={"time": np.arange(T), **state_labels(cell, "row", "column")},
+        name="state_jacobian",
+        attrs={**attrs("state Jacobian d s_t / d s_(t-1)", "1"),
+               **provenance("state_jacobians", {"steps": T, "batch": B}, jac.dtype)})
+
+
+def jacobian_product(model, x, t, k, h0=None, dtype=np.float64):
+    """d s_t / d s_k = J_t J_(t-1) ... J_(k+1) along the trajectory driven by ``x``.
+
+    ``-1 <= k <= t < T``; k = -1 is the initial state, k = t gives the identity. Products
+    of many steps can over- or underflow: their singular values are better taken with
+    ``log_singular_values``. Returns ``([member,] batch, row, column)``.
+    """
+    cell, tape = trajectory(model, x, h0, dtype)
+    E, T, B, _ = tape.hs.shape
+    t = dynamics.validation.check_positive_int("t", t, minimum=0)
+    k = dynamics.validation.check_positive_int("k", k, minimum=-1)
+    if not k <= t < T:
+        raise ValueError(f"need -1 <= k <= t < T = {T}, got t={t}, k={k}")
+    S = state_size(cell)
+    q = np.broadcast_to(np.eye(S, dtype=tape.hs.dtype), (E, B, S, S)).copy()
+    with single_threaded_blas():
+        tangent_chain(*tape_arguments(tape), k, t, q)
+    return xr.DataArray(
+        drop_member(q, cell), dims=item_dims(cell) + ("row", "column"),
+        coords=state_labels(cell, "row", "column"), name="jacobian_product",
+        attrs={**attrs(f"Jacobian product d s_{t} / d s_{k}", "1"),
+               **provenance("jacobian_product", {"t": t, "k": k, "steps": T}, q.dtype)})

@@ -1,0 +1,229 @@
+"""Lyapunov exponents and long Jacobian products, by QR-orthonormalised tangent vectors.
+
+k tangent vectors are advanced with the state, q <- J_t q, and re-orthonormalised by a
+QR decomposition every ``interval`` steps; the logs of the |R_jj| accumulate, in
+float64, the stretching of the first k directions (Benettin et al. 1980; Shimada &
+Nagashima 1979). Nothing is kept per step: memory does not depend on the length.
+
+>>> import numpy as np, dynamics, analysis
+>>> rnn = dynamics.RNN.init(1, 20, init="gaussian", gain=0.5, seed=0)
+>>> ly = analysis.lyapunov_spectrum(rnn, steps=2000, n_exponents=2, burn_in=100)
+>>> ly.lyapunov_exponents.dims
+('batch', 'exponent')
+>>> rho = np.abs(np.linalg.eigvals(rnn.weight_hh)).max()
+>>> bool(abs(float(ly.lyapunov_max[0]) - np.log(rho)) < 1e-2)  # decays to 0, where J = W
+True
+"""
+import numpy as np
+import xarray as xr
+
+from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, provenance,
+                              single_cell, state_size)
+from dynamics.init import seed_sequence
+from dynamics.layer import member_major, single_threaded_blas
+from dynamics.network import as_network
+from dynamics.propagation import check_input, check_states
+from dynamics.validation import check_float_array, check_positive_int, check_shape
+from kernels.tangents import tangent_walk, unit_block_size
+
+
+def _parameters(cell, dtype):
+    """Member-major (E, ...) parameters in ``dtype``, zero biases when the cell has none."""
+    E = cell.ensemble_size
+    w_ih, w_hh = (member_major(w, dtype, E) for w in (cell.weight_ih, cell.weight_hh))
+    if cell.bias:
+        b_ih, b_hh = (member_major(b, dtype, E) for b in (cell.bias_ih, cell.bias_hh))
+    else:
+        b_ih = b_hh = np.zeros(w_hh.shape[:2], dtype)
+    return w_ih, b_ih, w_hh, b_hh
+
+
+def _inputs(cell, x, drive, steps, batch, dtype):
+    """(kernel input (1 or E, T, B, width), additive?, steps, batch)."""
+    if x is not None and drive is not None:
+        raise ValueError("give x (through W_ih) or drive (added to the pre-activations), not both")
+    if x is None and drive is None:
+        steps = check_positive_int("steps", steps)
+        batch = check_positive_int("batch", batch)
+        return np.zeros((1, 0, batch, 0), dtype), False, steps, batch
+    if drive is not None:
+        drive = check_float_array("drive", drive)
+        width = cell.gates * cell.hidden_size
+        E = cell.ensemble_size
+        shape = ("T", E, "B", width) if E is not None and drive.ndim == 4 else ("T", "B", width)
+        check_shape("drive", drive, shape)
+        x, additive = drive, True
+    else:
+        x, additive = check_input(cell, check_float_array("x", x))[0], False
+        x = x.transpose(1, 0, 2, 3) if x.ndim == 4 else x  # back to time-major
+    T = x.shape[0]
+    if steps is not None and steps != T:
+        raise ValueError(f"steps must match the input's {T} steps, got {steps}")
+    if T == 0:
+        raise ValueError("the input must have at least one step")
+    x = x.astype(dtype, copy=False)
+    member_major_x = x.transpose(1, 0, 2, 3) if x.ndim == 4 else x[None]
+    return np.ascontiguousarray(member_major_x), additive, T, x.shape[-2]
+
+
+def _initial(cell, h0, batch, n_vectors, seed, dtype, identity):
+    """States (E, B, H), (E, B, H or 0) and orthonormal tangents (E, B, S, k).
+
+    As in ``dynamics.init.draw``, a single network draws from ``SeedSequence(seed)`` and
+    ensemble member e from its child e (so member e's result is that of a single network
+    given that child as seed), states from the sequence's child 0, tangents from child 1:
+    h0 ~ N(0, 1) per unit (c0 too for an LSTM) unless given, and random orthonormal
+    tangents (QR of a Gaussian matrix) unless ``identity`` (the first k unit vectors).
+    """
+    E, H, S = cell.ensemble_size or 1, cell.hidden_size, state_size(cell)
+    root = seed_sequence(seed)
+    members = root.spawn(E) if cell.ensemble_size is not None else [root]
+    streams = [[np.random.default_rng(s) for s in member.spawn(2)] for member in members]
+    if h0 is None:
+        h = np.stack([states.normal(size=(batch, H)) for states, _ in streams]).astype(dtype)
+        c = (np.stack([states.normal(size=(batch, H)) for states, _ in streams]).astype(dtype)
+             if cell.kind == "lstm" else np.zeros((E, batch, 0), dtype))
+    else:
+        h, c = (state[0].copy() for state in check_states(as_network(cell), h0, batch, dtype))
+    if identity:
+        q = np.broadcast_to(np.eye(S, n_vectors, dtype=dtype), (E, batch, S, n_vectors)).copy()
+    else:
+        q = np.empty((E, batch, S, n_vectors), dtype)
+        for e, (_, tangents) in enumerate(streams):
+            for b in range(batch):
+                q[e, b] = np.linalg.qr(tangents.normal(size=(S, n_vectors)))[0]
+    return h, c, q
+
+
+def _walk(cell, x, additive, steps, burn_in, interval, h, c, q, dtype):
+    """Advance ``burn_in`` steps (QR every ``interval``, records dropped), then
+    R = (steps - burn_in) // interval intervals; return (log |R_jj| (E, B, R, k), diverged)."""
+    E, B = h.shape[:2]
+    diverged = np.zeros((E, B), bool)
+    parameters = _parameters(cell, dtype)
+    block_size = unit_block_size(cell.hidden_size)
+
+    def advance(t0, n_steps):
+        log_r = np.empty((E, B, -(-n_steps // interval), q.shape[-1]))
+        with single_threaded_blas():
+            tangent_walk(cell.code, x, additive, *parameters, t0, n_steps, interval, h, c, q,
+                         diverged, log_r, block_size)
+        return log_r
+
+    if burn_in:
+        advance(0, burn_in)
+    return advance(burn_in, (steps - burn_in) // interval * interval), diverged
+
+
+def _check_vectors(cell, n_vectors):
+    S = state_size(cell)
+    if n_vectors is None:
+        return S
+    n_vectors = check_positive_int("n_exponents", n_vectors)
+    if n_vectors > S:
+        raise ValueError(f"n_exponents must be at most the state size S = {S}, got {n_vectors}")
+    return n_vectors
+
+
+def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_exponents=None,
+                      burn_in=0, interval=1, h0=None, seed=0, dtype=np.float64):
+    """The first ``n_exponents`` Lyapunov exponents, autonomous or driven.
+
+    Parameters
+    ----------
+    model : dynamics.RNN, LSTM, GRU (or an ensemble), or a one-layer unidirectional Network
+    x : (T, B, D) (or (T, E, B, D)) input through W_ih; or
+    drive : (T, B, G*H) (or (T, E, B, G*H)) input added to the pre-activations
+        directly, the "x_t" of ``h_t = phi(W h_(t-1) + x_t + b)``; or neither, with
+    steps, batch : an autonomous run (x_t = 0) of ``steps`` steps from ``batch`` states
+    n_exponents : k, 1 <= k <= S (S = H, or 2H for an LSTM); default all S
+    burn_in : steps run (state and tangents) before anything is recorded
+    interval : re-orthonormalise every ``interval`` >= 1 steps (one record each)
+    h0 : initial state as for ``dynamics.forward``; default N(0, 1) per unit, drawn
+        from ``seed`` (member e of an ensemble from child e of ``SeedSequence(seed)``)
+    dtype : float64 (default) or float32 arithmetic; the logs always add up in float64
+
+    Returns
+    -------
+    xarray.Dataset: ``lyapunov_exponents`` ``([member,] batch, exponent)`` in nats/step
+    (in QR order: descending up to finite-time fluctuations), ``lyapunov_max``,
+    ``running_estimate`` and ``finite_time_exponents`` ``([member,] batch, time,
+    exponent)`` (the estimate after each record, and each record's own exponents), and
+    ``diverged`` (the state or tangents stopped being finite: exponents are then nan).
+    The exponents use the ``(T - burn_in) // interval`` whole intervals after burn-in.
+    """
+    cell = single_cell(model)
+    dtype = analysis_dtype(dtype)
+    n_vectors = _check_vectors(cell, n_exponents)
+    inputs, additive, steps, batch = _inputs(cell, x, drive, steps, batch, dtype)
+    burn_in = check_positive_int("burn_in", burn_in, minimum=0)
+    interval = check_positive_int("interval", interval)
+    if (steps - burn_in) // interval < 1:
+        raise ValueError(f"need at least one interval of {interval} steps after the burn-in "
+                         f"of {burn_in}, got {steps} steps")
+    h, c, q = _initial(cell, h0, batch, n_vectors, seed, dtype, identity=False)
+    log_r, diverged = _walk(cell.astype(dtype), inputs, additive, steps, burn_in, interval,
+                            h, c, q, dtype)
+    n_records = log_r.shape[2]
+    elapsed = interval * np.arange(1, n_records + 1)
+    running = np.cumsum(log_r, axis=2) / elapsed[:, None]
+    exponents = running[:, :, -1]
+    dims = item_dims(cell)
+    nats = "nats/step"
+    config = {"steps": steps, "burn_in": burn_in, "interval": interval, "n_exponents": n_vectors,
+              "input": "none" if x is None and drive is None else "drive" if additive else "x",
+              "batch": batch, "h0": "random" if h0 is None else "given"}
+    return xr.Dataset(
+        {"lyapunov_exponents": (dims + ("exponent",), drop_member(exponents, cell),
+                                attrs("Lyapunov exponents", nats)),
+         "lyapunov_max": (dims, drop_member(exponents[..., 0], cell),
+                          attrs("largest Lyapunov exponent", nats)),
+         "running_estimate": (dims + ("time", "exponent"), drop_member(running, cell),
+                              attrs("Lyapunov exponents estimated up to this step", nats)),
+         "finite_time_exponents": (dims + ("time", "exponent"),
+                                   drop_member(log_r / interval, cell),
+                                   attrs("exponents of one re-orthonormalisation interval", nats)),
+         "diverged": (dims, drop_member(diverged, cell),
+                      attrs("state or tangents stopped being finite", "1"))},
+        coords={"exponent": np.arange(n_vectors),
+                "time": ("time", burn_in + elapsed, attrs("steps run at this record", "steps"))},
+        attrs=provenance("lyapunov_spectrum", config, dtype, seed))
+
+
+def log_singular_values(model, x, h0=None, n_values=None, interval=1, dtype=np.float64):
+    """log |R_jj| of the QR factor of the product d s_T / d s_(-1) over the whole of ``x``.
+
+    The product P = J_T ... J_0 is accumulated as P = Q R_T ... R_1 with a QR step
+    every ``interval`` steps (``interval`` must divide T), so its log-diagonal is exact
+    however long the product: a 10,000-step product neither over- nor underflows. These
+    are the log singular values of P up to a bounded term that does not grow with T
+    (exact when P's singular directions are the coordinate ones, e.g. for triangular or
+    diagonal factors); divided by T they converge to the Lyapunov exponents.
+
+    Returns an xarray.DataArray ``([member,] batch, index)`` (the first ``n_values``,
+    default all S), nan where the trajectory diverged.
+    """
+    cell = single_cell(model)
+    dtype = analysis_dtype(dtype)
+    n_vectors = _check_vectors(cell, n_values)
+    inputs, additive, steps, batch = _inputs(cell, x, None, None, None, dtype)
+    interval = check_positive_int("interval", interval)
+    if steps % interval:
+        raise ValueError(f"interval must divide the number of steps {steps}, got {interval}")
+    h, c, q = _initial(cell, h0 if h0 is not None else _zeros(cell, batch, dtype), batch,
+                       n_vectors, 0, dtype, identity=True)
+    log_r, diverged = _walk(cell.astype(dtype), inputs, additive, steps, 0, interval, h, c, q,
+                            dtype)
+    total = np.where(diverged[..., None], np.nan, log_r.sum(axis=2))
+    return xr.DataArray(drop_member(total, cell), dims=item_dims(cell) + ("index",),
+                        name="log_singular_values",
+                        attrs={**attrs("log |R_jj| of the Jacobian product over all steps", "1"),
+                               **provenance("log_singular_values",
+                                            {"steps": steps, "interval": interval}, dtype)})
+
+
+def _zeros(cell, batch, dtype):
+    """Zero initial states in ``dynamics.forward``'s layout (its default)."""
+    shape = (1,) + ((cell.ensemble_size,) if cell.ensemble_size else ()) + (batch, cell.hidden_size)
+    zeros = np.zeros(shape, dtype)
+    return (zeros, zeros) if cell.kind == "lstm" else zeros

@@ -1,0 +1,317 @@
+"""Linearised dynamics along trajectories: Jacobians, their products, Lyapunov vectors.
+
+Two kinds of kernel:
+
+- over a forward tape (``p``, ``hs``, ``cs`` as ``kernels.sequence.sequence_forward``
+  leaves them, forward direction): ``trajectory_jacobians`` (every step's J),
+  ``tangent_chain`` (J_t1 ... J_t0+1 applied to a block of tangents) and
+  ``adjoint_chain`` (the products d s_T / d s_(T-l) for l = 0..L, kept as a scale and a
+  normalised matrix so that no product over- or underflows, with their norms);
+- ``tangent_walk``: the state and k tangent vectors advanced together from the
+  parameters, with re-orthonormalisation (QR) every ``interval`` steps and the log
+  stretch factors written out in float64. It keeps nothing per step, so its memory
+  does not depend on the number of steps (Benettin et al. 1980; Shimada & Nagashima 1979).
+
+States are indexed by time: ``hs[:, t]`` is s_t, the state after step t, and s_(-1) is
+the initial state; J_t = d s_t / d s_(t-1) uses what step t saved. Items (ensemble
+member e, batch element b) run in parallel; each does its own sums in a fixed order and
+calls BLAS single-threaded, so results do not depend on the thread count.
+"""
+import numba
+import numpy as np
+from numba import prange
+
+from kernels._jit import jit
+from kernels.cells import LIN_ROWS, cell_forward, cell_linearisation, n_gates
+from kernels.jacobians import adjoint_direct, adjoint_gates, state_jacobian, tangent_combine
+
+#: ``tangent_walk`` splits each network into blocks of units (all their gate rows), one
+#: block per thread, so that one large network can use every core. Blocks hold at least
+#: ``MIN_UNIT_BLOCK`` units, a multiple of 8 (whole SIMD registers). Every unit's
+#: arithmetic is the same whatever the blocks (each sum runs over the columns of W_hh in
+#: their order, in our loops and in BLAS's products alike), so results do not depend on
+#: the thread count; ``tests/test_threads.py`` checks it.
+MIN_UNIT_BLOCK = 64
+
+
+def unit_block_size(n_units):
+    """Units per block of ``tangent_walk`` for numba's current thread count."""
+    size = max(MIN_UNIT_BLOCK, -(-n_units // numba.get_num_threads()))
+    return (size + 7) // 8 * 8
+
+@jit
+def _step_inputs(p, hs, cs, h0, c0, e, t, b):
+    """(saved row, h_prev, c_prev, h, c) of step t of item (e, b) on a forward tape."""
+    h_prev = hs[e, t - 1, b] if t > 0 else h0[e, b]
+    c_prev = cs[e, t - 1, b] if t > 0 else c0[e, b]
+    saved = p[e, t, b] if p.shape[1] > 0 else hs[e, t, b, :0]  # vanilla RNNs save nothing
+    return saved, h_prev, c_prev, hs[e, t, b], cs[e, t, b]
+
+
+@jit
+def _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin):
+    saved, h_prev, c_prev, h, c = _step_inputs(p, hs, cs, h0, c0, e, t, b)
+    cell_linearisation(cell, saved, h_prev, c_prev, h, c, lin)
+
+
+@jit(parallel=True)
+def trajectory_jacobians(cell, p, w_hh, h0, c0, hs, cs, jac):
+    """jac[e, t, b] (S, S) = J_t of item (e, b), for every step of the tape."""
+    n_members, n_steps, batch, n_units = hs.shape
+    for task in prange(n_members * n_steps * batch):
+        e = task // (n_steps * batch)
+        t = (task // batch) % n_steps
+        b = task % batch
+        lin = np.empty((LIN_ROWS, n_units), hs.dtype)
+        _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin)
+        state_jacobian(lin, w_hh[e], jac[e, t, b])
+
+
+@jit(parallel=True)
+def tangent_chain(cell, p, w_hh, h0, c0, hs, cs, t_from, t_to, q):
+    """q[e, b] (S, k) <- J_(t_to) ... J_(t_from + 1) q[e, b]; -1 <= t_from <= t_to < T."""
+    n_members, _, batch, n_units = hs.shape
+    for item in prange(n_members * batch):
+        e = item // batch
+        b = item % batch
+        lin = np.empty((LIN_ROWS, n_units), hs.dtype)
+        here = q[e, b].copy()
+        there = np.empty_like(here)
+        for t in range(t_from + 1, t_to + 1):
+            _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin)
+            a = np.dot(w_hh[e], here[:n_units])
+            tangent_combine(lin, a, here[:n_units], here[n_units:], there[:n_units],
+                            there[n_units:])
+            here, there = there, here
+        q[e, b] = here
+
+
+@jit
+def _log_norm(m):
+    """log of the Frobenius norm of ``m``, in float64."""
+    total = 0.0
+    for value in m.ravel():
+        total += np.float64(value) * np.float64(value)
+    return 0.5 * np.log(total)
+
+
+@jit
+def _adjoint_rows(cell, p, w_hh, h0, c0, hs, cs, e, b, t, rows, rows_out):
+    """rows_out = rows J_t for a block of adjoint rows (m, S) of item (e, b)."""
+    n_units = hs.shape[3]
+    lin = np.empty((LIN_ROWS, n_units), hs.dtype)
+    _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin)
+    gates = np.empty((rows.shape[0], w_hh.shape[0]), hs.dtype)
+    adjoint_gates(lin, rows[:, :n_units], rows[:, n_units:], gates)
+    through_w = np.dot(gates, w_hh)
+    adjoint_direct(lin, rows[:, :n_units], rows[:, n_units:], through_w, rows_out[:, :n_units],
+                   rows_out[:, n_units:])
+
+
+@jit(parallel=True)
+def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, v, spectral, log_frobenius,
+                  log_spectral, log_adjoint, block_size):
+    """Norms of the products P_l = d s_(t_end) / d s_(t_end - l), l = 0..L, L + 1 =
+    ``log_frobenius.shape[2]`` (and L <= t_end + 1).
+
+    P_l = P_(l-1) J_(t_end - l + 1) is carried backward as exp(scale) * M with M
+    rescaled to unit Frobenius norm at every lag; its rows, each an adjoint vector, are
+    advanced in blocks of ``block_size`` (``unit_block_size``) in parallel. Writes, per
+    item (e, b) and lag, in float64: ``log_frobenius`` = log ||P_l||_F, ``log_spectral``
+    = log ||P_l||_2 (only if ``spectral``, an SVD per lag) and ``log_adjoint`` =
+    log ||v[e, b] P_l||, the BPTT adjoint of a loss whose gradient at s_(t_end) is ``v``.
+    Non-finite or zero products give nan or -inf from the first lag where they appear.
+    """
+    n_members, _, batch, _ = hs.shape
+    n_items = n_members * batch
+    size = v.shape[2]
+    n_blocks = (size + block_size - 1) // block_size
+    here = np.empty((n_members, batch, size, size), hs.dtype)
+    there = np.empty_like(here)
+    scale = np.zeros((n_members, batch))
+    done = np.zeros((n_members, batch), np.bool_)
+    for item in range(n_items):
+        here[item // batch, item % batch] = np.eye(size, dtype=hs.dtype)
+    for lag in range(log_frobenius.shape[2]):
+        if lag > 0:
+            for task in prange(n_items * n_blocks):
+                e = task // (n_blocks * batch)
+                b = (task // n_blocks) % batch
+                r0 = (task % n_blocks) * block_size
+                r1 = min(r0 + block_size, size)
+                if not done[e, b]:
+                    _adjoint_rows(cell, p, w_hh[e], h0, c0, hs, cs, e, b, t_end - lag + 1,
+                                  here[e, b, r0:r1], there[e, b, r0:r1])
+            here, there = there, here
+        for item in prange(n_items):
+            e = item // batch
+            b = item % batch
+            if done[e, b]:
+                continue
+            log_norm = _log_norm(here[e, b])
+            if not np.isfinite(log_norm):  # overflowed to inf/nan, or the product is 0
+                fill = -np.inf if np.isfinite(here[e, b]).all() else np.nan
+                log_frobenius[e, b, lag:] = fill
+                log_spectral[e, b, lag:] = fill
+                log_adjoint[e, b, lag:] = fill
+                done[e, b] = True
+                continue
+            here[e, b] /= np.exp(log_norm)
+            scale[e, b] += log_norm
+            log_frobenius[e, b, lag] = scale[e, b]
+            if spectral:
+                log_spectral[e, b, lag] = scale[e, b] + np.log(np.linalg.norm(here[e, b], 2))
+            log_adjoint[e, b, lag] = scale[e, b] + _log_norm(np.dot(v[e, b], here[e, b]))
+
+
+@jit
+def _block_products(panel, h, q, ph, a):
+    """ph += W h and a = W q over one block of n rows of W, given as ``panel`` (H, >= n)
+    = those rows transposed, read once for both (q (H,) is the one tangent vector). As
+    in ``kernels.cells.accumulate_rows``: four panel rows per pass, every sum in the
+    order j = 0, 1, ..."""
+    n = ph.shape[0]
+    a[:] = 0.0
+    j = 0
+    while j + 4 <= h.shape[0]:
+        r0, r1, r2, r3 = panel[j, :n], panel[j + 1, :n], panel[j + 2, :n], panel[j + 3, :n]
+        h0, h1, h2, h3 = h[j], h[j + 1], h[j + 2], h[j + 3]
+        q0, q1, q2, q3 = q[j], q[j + 1], q[j + 2], q[j + 3]
+        for i in range(n):
+            ph[i] = (((ph[i] + r0[i] * h0) + r1[i] * h1) + r2[i] * h2) + r3[i] * h3
+            a[i] = (((a[i] + r0[i] * q0) + r1[i] * q1) + r2[i] * q2) + r3[i] * q3
+        j += 4
+    while j < h.shape[0]:
+        row = panel[j, :n]
+        for i in range(n):
+            ph[i] += row[i] * h[j]
+            a[i] += row[i] * q[j]
+        j += 1
+
+
+@jit
+def _transposed_panels(w_hh, block_size):
+    """(E, blocks, G, H, block_size): each unit block's gate rows of W_hh, transposed and
+    contiguous, so that ``_block_products`` streams through memory."""
+    n_members, n_rows, n_units = w_hh.shape
+    n_g = n_rows // n_units
+    n_blocks = (n_units + block_size - 1) // block_size
+    panels = np.zeros((n_members, n_blocks, n_g, n_units, block_size), w_hh.dtype)
+    for e in range(n_members):
+        for blk in range(n_blocks):
+            for g in range(n_g):
+                for i in range(min(block_size, n_units - blk * block_size)):
+                    panels[e, blk, g, :, i] = w_hh[e, g * n_units + blk * block_size + i]
+    return panels
+
+
+@jit
+def _block_step(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, s, u0, u1, h,
+                c, q, h_next, c_next, q_next):
+    """One step of units u0:u1 of one sequence: state and tangents, into the ``*_next``."""
+    n_units = h.shape[0]
+    n = u1 - u0
+    n_g = n_gates(cell)
+    k = q.shape[1]
+    p = np.empty(4 * n, h.dtype)
+    ph = np.empty(n_g * n, h.dtype)
+    a_flat = np.empty(n_g * n * k, h.dtype)
+    a = a_flat.reshape((n_g * n, k))
+    lin = np.empty((LIN_ROWS, n), h.dtype)
+    for g in range(n_g):
+        first = g * n_units + u0
+        block = slice(g * n, (g + 1) * n)
+        ph[block] = b_hh[first:first + n]
+        if k == 1:  # one tangent (lambda_max): W read once, for state and tangent
+            _block_products(panels[g], h, q[:n_units].reshape(n_units), ph[block],
+                            a_flat[block])
+        else:  # many tangents: a matrix product at BLAS speed
+            rows = w_hh[first:first + n]
+            np.dot(rows, q[:n_units], a[block])
+            ph[block] += np.dot(rows, h)
+        p[block] = b_ih[first:first + n]
+        if x.shape[1] > 0:
+            if additive:
+                p[block] += x[e_x, s, b, first:first + n]
+            else:
+                p[block] += np.dot(w_ih[first:first + n], x[e_x, s, b])
+    # slices past the end of a zero-width c (and of q for S = H) are empty, as needed
+    cell_forward(cell, p, ph, h[u0:u1], c[u0:u1], h_next[u0:u1], c_next[u0:u1])
+    cell_linearisation(cell, p, h[u0:u1], c[u0:u1], h_next[u0:u1], c_next[u0:u1], lin)
+    tangent_combine(lin, a, q[u0:u1], q[n_units + u0:n_units + u1], q_next[u0:u1],
+                    q_next[n_units + u0:n_units + u1])
+
+
+@jit
+def _orthonormalise(q, log_r, record):
+    """q <- Q of q = QR; log |R_jj| into ``log_r[record]``."""
+    if q.shape[1] == 1:  # a single vector: QR is normalisation
+        log_norm = _log_norm(q)
+        if log_norm > -np.inf:
+            scale = np.exp(-log_norm)
+            for i in range(q.shape[0]):
+                q[i, 0] = q[i, 0] * scale
+        else:  # the tangent was annihilated (log -inf): restart from e_0, as LAPACK would
+            q[:] = 0.0
+            q[0, 0] = 1.0
+        log_r[record, 0] = log_norm
+        return
+    basis, r = np.linalg.qr(q)
+    q[:] = basis
+    for j in range(q.shape[1]):
+        log_r[record, j] = np.log(np.abs(np.float64(r[j, j])))
+
+
+@jit(parallel=True)
+def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
+                 diverged, log_r, block_size):
+    """Advance states and tangents ``n_steps`` steps from input step ``t0``.
+
+    ``x`` (1 or E, T, B, D): input per step, shared by all members or per member; with
+    T = 0 the network is autonomous (x_t = 0). ``additive`` adds ``x`` (D = G*H) to the
+    pre-activations instead of multiplying by W_ih. ``w_ih`` (E, G*H, D), ``w_hh``
+    (E, G*H, H) as in torch (not transposed), ``b_ih``, ``b_hh`` (E, G*H). ``h``
+    (E, B, H), ``c`` (E, B, H or 0) and ``q`` (E, B, S, k), orthonormal columns, are
+    advanced in place, in blocks of ``block_size`` units (``unit_block_size``).
+    With ``interval`` > 0, q is re-orthonormalised by QR every ``interval`` steps and
+    after the last, and the log |R_jj| of QR number r go to ``log_r[:, :, r]``
+    (E, B, >= ceil(n_steps / interval), k) float64; an item whose state or tangents
+    stop being finite is then marked in ``diverged`` (E, B), its records left nan.
+    """
+    n_members, batch, n_units = h.shape
+    n_blocks = (n_units + block_size - 1) // block_size
+    # one tangent: W_hh as transposed panels for ``_block_products``, else BLAS on W_hh
+    panels = _transposed_panels(w_hh if q.shape[3] == 1 else w_hh[:, :0], block_size)
+    h_next = np.empty_like(h)
+    c_next = np.empty_like(c)
+    q_next = np.empty_like(q)
+    log_r[:] = np.nan
+    for s in range(n_steps):
+        for task in prange(n_members * batch * n_blocks):
+            item = task // n_blocks
+            e = item // batch
+            b = item % batch
+            if not diverged[e, b]:
+                u0 = (task % n_blocks) * block_size
+                _block_step(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
+                            panels[e, task % n_blocks], b_hh[e],
+                            0 if x.shape[0] == 1 else e, b, t0 + s, u0,
+                            min(u0 + block_size, n_units), h[e, b], c[e, b], q[e, b],
+                            h_next[e, b], c_next[e, b], q_next[e, b])
+        h, h_next = h_next, h
+        c, c_next = c_next, c
+        q, q_next = q_next, q
+        if interval == 0 or ((s + 1) % interval != 0 and s + 1 != n_steps):
+            continue
+        for item in prange(n_members * batch):
+            e = item // batch
+            b = item % batch
+            if not diverged[e, b]:
+                if np.isfinite(h[e, b]).all() and np.isfinite(q[e, b]).all():
+                    _orthonormalise(q[e, b], log_r[e, b], s // interval)
+                else:
+                    diverged[e, b] = True
+    if n_steps % 2 == 1:  # the latest values are in the scratch arrays: copy them back
+        h_next[:] = h
+        c_next[:] = c
+        q_next[:] = q

@@ -1,0 +1,252 @@
+"""Lyapunov spectra, long Jacobian products and weight spectra.
+
+Oracles: closed forms (normal linear maps, orthogonal maps, log det J), the network's
+own eigenvalues, mean-field theory at N = 1000, the gradient-norm slope, and a plain
+NumPy QR loop.
+"""
+import tracemalloc
+
+import numpy as np
+import pytest
+from conftest import KINDS, examples, random_cell, seeds
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import analysis
+import dynamics
+from analysis import meanfield
+
+
+def relu_linear_network(matrix, bias=5.0):
+    """A ReLU RNN whose units all stay active (non-negative ``matrix``, positive bias,
+    positive state): its Jacobian is ``matrix`` at every step."""
+    N = matrix.shape[0]
+    return dynamics.RNN(weight_ih=np.zeros((N, 1)), weight_hh=matrix,
+                        bias_ih=np.full(N, bias), bias_hh=np.zeros(N), nonlinearity="relu")
+
+
+def positive_start(N, batch=1):
+    return np.ones((1, batch, N))
+
+
+@examples(10)
+@given(st.integers(2, 8), seeds)
+def test_normal_linear_map_has_log_abs_eigenvalues(N, seed):
+    """A circulant matrix with non-negative entries is normal; the exponents of x -> A x
+    are log |eig(A)| (in decreasing order)."""
+    first_row = np.random.default_rng(seed).uniform(0.0, 1.0 / N, N)
+    A = np.stack([np.roll(first_row, i) for i in range(N)])
+    ly = analysis.lyapunov_spectrum(relu_linear_network(A), steps=600, burn_in=100,
+                                    h0=positive_start(N), seed=seed)
+    want = np.sort(np.log(np.abs(np.linalg.eigvals(A))))[::-1]
+    got = np.sort(ly.lyapunov_exponents.values[0])[::-1]
+    assert not ly.diverged.values.any()
+    np.testing.assert_allclose(got, want, atol=2e-2)
+
+
+@examples(5)
+@given(st.integers(2, 8), seeds)
+def test_orthogonal_map_has_zero_exponents(N, seed):
+    """A permutation matrix is orthogonal: every exponent is 0."""
+    P = np.eye(N)[np.random.default_rng(seed).permutation(N)]
+    ly = analysis.lyapunov_spectrum(relu_linear_network(P, bias=0.0), steps=200,
+                                    h0=positive_start(N), seed=seed)
+    np.testing.assert_allclose(ly.lyapunov_exponents.values, 0.0, atol=1e-12)
+
+
+@examples(15)
+@given(st.sampled_from(KINDS), st.integers(1, 5), seeds, st.floats(0.3, 1.0),
+       st.integers(1, 4))
+def test_sum_of_all_exponents_is_mean_log_det(kind, H, seed, gain, interval):
+    """With every exponent, the sum of log |R_jj| over a record is log |det| of the
+    product of the interval's Jacobians, for any cell."""
+    cell = random_cell(kind, 2, H, seed=seed, gain=gain)
+    T = 12 * interval
+    x = np.random.default_rng(seed).normal(size=(T, 1, 2))
+    h0 = np.zeros((1, 1, H))
+    state = (h0, h0) if kind == "lstm" else h0
+    ly = analysis.lyapunov_spectrum(cell, x, interval=interval, h0=state)
+    jac = analysis.state_jacobians(cell, x, h0=state).values[:, 0]
+    log_det = np.linalg.slogdet(jac)[1]
+    # an interval's product can be very ill-conditioned (log det ~ -60 over 3 LSTM steps):
+    # its smallest |R_jj| then carries a relative error of order eps * condition number
+    if np.isfinite(log_det).all():
+        np.testing.assert_allclose(ly.lyapunov_exponents.values.sum(), log_det.mean(),
+                                   rtol=1e-7, atol=1e-9)
+    per_record = ly.finite_time_exponents.values[0].sum(-1) * interval
+    want = log_det.reshape(-1, interval).sum(-1)
+    singular = np.isinf(want)  # dead ReLU units: QR leaves a rounding-size R_jj, not 0
+    assert np.all(per_record[singular] < -30)
+    np.testing.assert_allclose(per_record[~singular], want[~singular], rtol=1e-7, atol=1e-9)
+
+
+@examples(5)
+@given(seeds, st.floats(0.3, 0.9))
+def test_autonomous_tanh_below_one_has_log_spectral_radius(seed, gain):
+    """The state decays to 0, where J = W, when rho(W) < 1 (at N = 12, g < 1 does not
+    guarantee it: rho(W) fluctuates around g)."""
+    N = 12
+    rnn = dynamics.RNN.init(1, N, init="gaussian", gain=gain, seed=seed)
+    assume(np.abs(np.linalg.eigvals(rnn.weight_hh)).max() < 0.95)
+    ly = analysis.lyapunov_spectrum(rnn, steps=3000, burn_in=500, n_exponents=1, seed=seed)
+    rho = np.abs(np.linalg.eigvals(rnn.weight_hh)).max()
+    assert abs(float(ly.lyapunov_max[0]) - np.log(rho)) < 5e-3
+    np.testing.assert_allclose(meanfield.lyapunov_max(gain), np.log(gain), rtol=1e-12)
+
+
+def test_driven_tanh_network_at_n1000_matches_mean_field():
+    """g = 2, sigma_x = 1: simulated lambda_max within 0.01 of the mean-field value."""
+    N, T = 1000, 2500
+    rnn = dynamics.RNN.init(N, N, init="gaussian", gain=2.0, seed=1, bias=False)
+    drive = np.random.default_rng(2).normal(size=(T, 1, N))
+    ly = analysis.lyapunov_spectrum(rnn, drive=drive, n_exponents=1, burn_in=500)
+    assert abs(float(ly.lyapunov_max[0]) - meanfield.lyapunov_max(2.0, sigma_x=1.0)) < 0.01
+
+
+def test_gradient_norm_slope_equals_lyapunov_max():
+    """The adjoint norm grows (or decays) with the lag at the rate lambda_max of the same
+    trajectory, for a chaotic and an ordered network."""
+    N, T = 150, 1600
+    for gain in (0.8, 1.6):
+        rnn = dynamics.RNN.init(N, N, init="gaussian", gain=gain, seed=3, bias=False)
+        rng = np.random.default_rng(4)
+        x = rng.normal(size=(T, 1, N)) * 0.5
+        h0 = rng.normal(size=(1, 1, N))
+        rnn = dynamics.RNN(weight_ih=np.eye(N), weight_hh=rnn.weight_hh)
+        ly = analysis.lyapunov_spectrum(rnn, x, n_exponents=1, h0=h0)
+        g = analysis.gradient_norm_vs_lag(rnn, x, h0=h0, spectral=False,
+                                          fit_lags=(200, T - 100))
+        slope = float(g.decay_rate.sel(norm="adjoint")[0])
+        assert abs(slope - float(ly.lyapunov_max[0])) < 0.01, (gain, slope)
+
+
+def test_matches_a_numpy_qr_loop():
+    N, T, k, m = 30, 300, 4, 5
+    rnn = dynamics.RNN.init(N, N, init="gaussian", gain=1.3, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(T, 1, N))
+    h0 = rng.normal(size=(1, 1, N))
+    ly = analysis.lyapunov_spectrum(rnn, x, n_exponents=k, interval=m, h0=h0, seed=9)
+    W, U, b = rnn.weight_hh, rnn.weight_ih, rnn.bias_ih + rnn.bias_hh
+    tangents = np.random.SeedSequence(9).spawn(2)[1]  # the tangents' stream
+    q = np.linalg.qr(np.random.default_rng(tangents).normal(size=(N, k)))[0]
+    h, logs = h0[0, 0], []
+    for t in range(T):
+        h = np.tanh(W @ h + U @ x[t, 0] + b)
+        q = (1 - h ** 2)[:, None] * (W @ q)
+        if (t + 1) % m == 0:
+            q, r = np.linalg.qr(q)
+            logs.append(np.log(np.abs(np.diag(r))))
+    np.testing.assert_allclose(ly.finite_time_exponents.values[0], np.array(logs) / m,
+                               rtol=1e-8, atol=1e-10)
+
+
+def test_ensemble_equals_members_and_float32_is_close():
+    cell = random_cell("lstm", 3, 4, seed=5, ensemble=3)
+    x = np.random.default_rng(1).normal(size=(200, 2, 3))
+    together = analysis.lyapunov_spectrum(cell, x, burn_in=50, interval=3, seed=7)
+    assert together.lyapunov_exponents.dims == ("member", "batch", "exponent")
+    h0 = np.random.default_rng(0).normal(size=(1, 3, 2, 4))
+    given_h0 = analysis.lyapunov_spectrum(cell, x, burn_in=50, h0=(h0, h0))
+    single32 = analysis.lyapunov_spectrum(cell.member(1), x.astype(np.float32), burn_in=50,
+                                          h0=(h0[:, 1], h0[:, 1]), dtype=np.float32,
+                                          seed=np.random.SeedSequence(0).spawn(3)[1])
+    # float32: the sum (log det) is close; single exponents of a near-degenerate pair
+    # and the most contracting direction (e^-6.4 per step) carry float32's rounding
+    got, want = single32.lyapunov_exponents.values, given_h0.lyapunov_exponents.values[1]
+    np.testing.assert_allclose(got.sum(-1), want.sum(-1), rtol=1e-4)
+    np.testing.assert_allclose(got, want, atol=3e-3)
+    for e in range(3):
+        # member e draws its own h0 and tangents from child e of the seed
+        ss = np.random.SeedSequence(7).spawn(3)[e]
+        alone = analysis.lyapunov_spectrum(cell.member(e), x, burn_in=50, interval=3, seed=ss)
+        np.testing.assert_array_equal(together.lyapunov_exponents.values[e],
+                                      alone.lyapunov_exponents.values)
+
+
+def test_log_singular_values_of_10000_step_products_are_finite():
+    """Contracting and chaotic 10,000-step products reach logs far outside float64's
+    range (|log| > 709) and stay finite; an all-active ReLU map 0.5 P is exact."""
+    T, N = 10_000, 6
+    x = np.random.default_rng(0).normal(size=(T, 1, N))
+    for gain in (0.3, 4.0):
+        rnn = dynamics.RNN.init(N, N, init="gaussian", gain=gain, seed=1)
+        logs = analysis.log_singular_values(rnn, x).values
+        assert np.all(np.isfinite(logs)) and np.abs(logs).max() > 709, logs
+    permutation = 0.5 * np.eye(N)[::-1].copy()
+    relu = relu_linear_network(permutation)
+    logs = analysis.log_singular_values(relu, np.zeros((T, 1, 1)), h0=positive_start(N)).values
+    np.testing.assert_allclose(logs, T * np.log(0.5), rtol=1e-12)
+
+
+def test_lyapunov_memory_does_not_grow_with_steps():
+    rnn = dynamics.RNN.init(1, 64, init="gaussian", gain=1.5, seed=0)
+    peaks = []
+    for steps in (2000, 8000):
+        analysis.lyapunov_spectrum(rnn, steps=steps, n_exponents=8, interval=10)
+        tracemalloc.start()
+        analysis.lyapunov_spectrum(rnn, steps=steps, n_exponents=8, interval=10)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # the growth is the float64 records (k per interval, a few arrays of them), far from
+    # one state per step (6000 * 64 * 8 bytes = 3 MB)
+    records = 8 * (8000 - 2000) // 10 * 8
+    assert peaks[1] - peaks[0] < 6 * records, peaks
+
+
+def test_diverging_network_is_flagged():
+    rnn = dynamics.RNN(weight_ih=np.zeros((3, 1)), weight_hh=1e200 * np.eye(3),
+                       nonlinearity="relu")
+    with np.errstate(over="ignore", invalid="ignore"):
+        ly = analysis.lyapunov_spectrum(rnn, steps=50, batch=2, h0=np.ones((1, 2, 3)))
+    assert ly.diverged.values.all()
+    assert np.isnan(ly.lyapunov_exponents.values).all()
+
+
+def test_weight_spectrum_dense_sparse_and_gates():
+    rnn = dynamics.RNN.init(1, 50, init="gaussian", gain=1.0, seed=0)
+    dense = analysis.weight_spectrum(rnn)
+    sparse = analysis.weight_spectrum(rnn, method="sparse", n_values=3)
+    np.testing.assert_allclose(sparse.spectral_radius, dense.spectral_radius, rtol=1e-10)
+    np.testing.assert_allclose(sparse.singular_value, dense.singular_value[:, :3], rtol=1e-10)
+    w = rnn.weight_hh
+    np.testing.assert_allclose(dense.spectral_norm[0], np.linalg.norm(w, 2), rtol=1e-12)
+    lstm = dynamics.LSTM.init(2, 5, seed=0, ensemble=2)
+    s = analysis.weight_spectrum(lstm)
+    assert s.spectral_radius.dims == ("member", "gate")
+    assert list(s.gate.values) == ["i", "f", "g", "o"]
+    block = lstm.weight_hh[1, 5:10]
+    np.testing.assert_allclose(s.spectral_radius.sel(gate="f")[1],
+                               np.abs(np.linalg.eigvals(block)).max(), rtol=1e-12)
+    for name, variable in s.data_vars.items():
+        assert {"long_name", "units"} <= set(variable.attrs), name
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: analysis.weight_spectrum(np.zeros((3, 4))), "square"),
+    (lambda: analysis.weight_spectrum(np.full((3, 3), np.nan)), "finite"),
+    (lambda: analysis.lyapunov_spectrum(random_cell("gru", 2, 3), steps=10, n_exponents=4),
+     "at most the state size S = 3"),
+    (lambda: analysis.lyapunov_spectrum(random_cell("lstm", 2, 3), steps=10, n_exponents=7),
+     "at most the state size S = 6"),
+    (lambda: analysis.lyapunov_spectrum(random_cell("gru", 2, 3), steps=10, interval=0),
+     "interval must be an integer >= 1"),
+    (lambda: analysis.lyapunov_spectrum(random_cell("gru", 2, 3), steps=10, burn_in=10),
+     "at least one interval"),
+    (lambda: analysis.lyapunov_spectrum(random_cell("gru", 2, 3)), "steps must be an integer"),
+    (lambda: analysis.lyapunov_spectrum(random_cell("gru", 2, 3), np.zeros((5, 1, 3))),
+     "x must have shape"),
+    (lambda: analysis.lyapunov_spectrum(random_cell("gru", 2, 3), drive=np.zeros((5, 1, 3))),
+     r"drive must have shape \(T, B, 9\)"),
+    (lambda: analysis.lyapunov_spectrum(random_cell("gru", 2, 3), np.zeros((5, 1, 2)),
+                                        drive=np.zeros((5, 1, 9))), "not both"),
+    (lambda: analysis.lyapunov_spectrum(random_cell("gru", 2, 3), steps=10,
+                                        h0=np.zeros((1, 2, 3)), batch=1), "h0 must have shape"),
+    (lambda: analysis.log_singular_values(random_cell("gru", 2, 3), np.zeros((10, 1, 2)),
+                                          interval=3), "interval must divide"),
+    (lambda: dynamics.RNN(weight_ih=np.zeros((3, 1)), weight_hh=np.full((3, 3), np.nan)),
+     "weight_hh must be finite"),
+])
+def test_bad_input_is_refused(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
