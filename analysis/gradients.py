@@ -52,8 +52,8 @@ def e_folding_lag(log_values, lags):
     return np.where(fallen.any(-1), lags[first], np.nan)
 
 
-def gradient_norm_vs_lag(model, x, max_lag=None, h0=None, grad_final=None, spectral=True,
-                         fit_lags=None, dtype=np.float64):
+def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, spectral=True,
+                         fit_lags=None, dtype=np.float64, drive=None, products=True):
     """Norms of d s_T / d s_(T-l) and of the BPTT adjoint against the lag l.
 
     Parameters
@@ -64,6 +64,10 @@ def gradient_norm_vs_lag(model, x, max_lag=None, h0=None, grad_final=None, spect
         1/sqrt(H) on every h unit and 0 on c
     spectral : compute the spectral norm (one SVD per lag: the costly part for large S)
     fit_lags : (first, last) lags of the log-slope fit; default the second half, (L//2, L)
+    drive : instead of ``x``, an input added to the pre-activations (see
+        ``analysis.lyapunov_spectrum``)
+    products : False to follow the adjoint vector alone (S times less work: for large
+        networks); the spectral and Frobenius norms are then nan
 
     Returns
     -------
@@ -73,7 +77,7 @@ def gradient_norm_vs_lag(model, x, max_lag=None, h0=None, grad_final=None, spect
     (lag of an e-fold drop), both ``(norm, [member,] batch)``; ``diverged``
     ``([member,] batch)``, true where the trajectory or a product stopped being finite.
     """
-    cell, tape = trajectory(model, x, h0, dtype)
+    cell, tape = trajectory(model, x, h0, dtype, drive)
     E, T, B, H = tape.hs.shape
     if T == 0:
         raise ValueError("x must have at least one step to measure gradients against lag")
@@ -94,17 +98,25 @@ def gradient_norm_vs_lag(model, x, max_lag=None, h0=None, grad_final=None, spect
         v = np.ascontiguousarray(np.broadcast_to(v, (E, B, S)), dtype=tape.hs.dtype)
     lags = np.arange(max_lag + 1)
     logs = np.full((3, E, B, max_lag + 1), np.nan)
-    with single_threaded_blas():
-        adjoint_chain(*tape_arguments(tape), T - 1, v, spectral, logs[1], logs[0], logs[2],
-                      unit_block_size(S))
+    if products:
+        start = np.broadcast_to(np.eye(S, dtype=v.dtype), (E, B, S, S))
+        with single_threaded_blas():
+            adjoint_chain(*tape_arguments(tape), T - 1, start, v, spectral, logs[1], logs[0],
+                          logs[2], unit_block_size(S))
+    else:  # the adjoint alone: the chain of one row, v
+        with single_threaded_blas():
+            adjoint_chain(*tape_arguments(tape), T - 1, v[:, :, None], v[:, :, :0], False,
+                          logs[2], logs[0], logs[1], unit_block_size(S))
+        logs[:2] = np.nan
     first, last = (max_lag // 2, max_lag) if fit_lags is None else fit_lags
     in_fit = (lags >= first) & (lags <= last)
     rate = fit_log_slope(np.where(in_fit, logs, np.nan), lags)
     drop = e_folding_lag(logs, lags)
-    diverged = ~np.isfinite(tape.hs).all(axis=(1, 3)) | np.isnan(logs[1]).any(-1)
+    diverged = ~np.isfinite(tape.hs).all(axis=(1, 3)) | np.isnan(logs[2]).any(-1)
     norm_dims = ("norm",) + item_dims(cell)
     member = (lambda a: a) if cell.ensemble_size is not None else (lambda a: a[:, 0])
-    config = {"steps": T, "max_lag": max_lag, "spectral": spectral,
+    config = {"steps": T, "max_lag": max_lag, "spectral": spectral, "products": products,
+              "input": "drive" if drive is not None else "x",
               "fit_lags": [int(first), int(last)], "grad_final": "default" if grad_final is None else "given"}
     return xr.Dataset(
         {"log_gradient_norm": (norm_dims + ("lag",), member(logs),

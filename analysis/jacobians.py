@@ -20,18 +20,60 @@ import xarray as xr
 import dynamics
 from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, provenance,
                               single_cell, state_coords, state_size)
-from dynamics.layer import single_threaded_blas
-from dynamics.validation import check_float_array
+from dynamics.layer import LayerTape, member_major_parameters, single_threaded_blas
+from dynamics.network import as_network
+from dynamics.propagation import check_states
+from dynamics.validation import check_float_array, check_shape
+from kernels.cells import saved_width
+from kernels.sequence import sequence_forward_gemm
 from kernels.tangents import tangent_chain, trajectory_jacobians
 
 
-def trajectory(model, x, h0=None, dtype=np.float64):
-    """Run ``model`` over ``x`` in ``dtype``; return (cell, tape of the saved steps)."""
+def trajectory(model, x, h0=None, dtype=np.float64, drive=None):
+    """Run ``model`` over ``x`` (or ``drive``, added to the pre-activations) in ``dtype``;
+    return (cell, tape of the saved steps)."""
     cell = single_cell(model)
     dtype = analysis_dtype(dtype)
-    x = check_float_array("x", x).astype(dtype, copy=False)
-    result = dynamics.forward(cell.astype(dtype), x, h0)
-    return cell, result.tapes[0]
+    if drive is None:
+        if x is None:
+            raise ValueError("give the input x (or a drive)")
+        x = check_float_array("x", x).astype(dtype, copy=False)
+        return cell, dynamics.forward(cell.astype(dtype), x, h0).tapes[0]
+    if x is not None:
+        raise ValueError("give x (through W_ih) or drive (added to the pre-activations), not both")
+    return cell, driven_tape(cell.astype(dtype), drive, h0)
+
+
+def check_drive(cell, drive):
+    """``drive`` as a float array of shape (T, B, G*H), or (T, E, B, G*H) for an ensemble
+    whose members have their own."""
+    drive = check_float_array("drive", drive)
+    E, width = cell.ensemble_size, cell.gates * cell.hidden_size
+    shape = ("T", E, "B", width) if E is not None and drive.ndim == 4 else ("T", "B", width)
+    return check_shape("drive", drive, shape)
+
+
+def driven_tape(cell, drive, h0):
+    """The forward tape of ``cell`` when ``drive`` (T, [E,] B, G*H) is added to its
+    pre-activations in place of W_ih x (the BLAS recurrence, which takes precomputed
+    input projections)."""
+    drive = check_drive(cell, drive).astype(cell.dtype, copy=False)
+    E, width = cell.ensemble_size, cell.gates * cell.hidden_size
+    if drive.shape[0] == 0:
+        raise ValueError("drive must have at least one step")
+    n_members, batch = E or 1, drive.shape[-2]
+    h_init, c_init = (s[0] for s in check_states(as_network(cell), h0, batch, cell.dtype))
+    w_ih, b_ih, w_hh, b_hh = member_major_parameters(cell, cell.dtype)
+    T, H = drive.shape[0], cell.hidden_size
+    member_drive = drive.transpose(1, 0, 2, 3) if drive.ndim == 4 else drive[None]
+    p = np.empty((n_members, T, batch, saved_width(cell.code, H)), cell.dtype)
+    p[..., :width] = member_drive + b_ih[:, None, None, :]
+    hs = np.empty((n_members, T, batch, H), cell.dtype)
+    cs = np.empty((n_members, T, batch, H if cell.kind == "lstm" else 0), cell.dtype)
+    w_hh_t = np.ascontiguousarray(w_hh.transpose(0, 2, 1))
+    with single_threaded_blas():
+        sequence_forward_gemm(cell.code, False, p, w_hh_t, b_hh, h_init, c_init, hs, cs)
+    return LayerTape(cell, False, None, w_ih, w_hh, b_hh, h_init, c_init, p, hs, cs)
 
 
 def tape_arguments(tape):

@@ -19,23 +19,13 @@ import xarray as xr
 
 from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, provenance,
                               single_cell, state_size)
+from analysis.jacobians import check_drive
 from dynamics.init import seed_sequence
-from dynamics.layer import member_major, single_threaded_blas
+from dynamics.layer import member_major_parameters, single_threaded_blas
 from dynamics.network import as_network
 from dynamics.propagation import check_input, check_states
-from dynamics.validation import check_float_array, check_positive_int, check_shape
+from dynamics.validation import check_float_array, check_positive_int
 from kernels.tangents import tangent_walk, unit_block_size
-
-
-def _parameters(cell, dtype):
-    """Member-major (E, ...) parameters in ``dtype``, zero biases when the cell has none."""
-    E = cell.ensemble_size
-    w_ih, w_hh = (member_major(w, dtype, E) for w in (cell.weight_ih, cell.weight_hh))
-    if cell.bias:
-        b_ih, b_hh = (member_major(b, dtype, E) for b in (cell.bias_ih, cell.bias_hh))
-    else:
-        b_ih = b_hh = np.zeros(w_hh.shape[:2], dtype)
-    return w_ih, b_ih, w_hh, b_hh
 
 
 def _inputs(cell, x, drive, steps, batch, dtype):
@@ -47,12 +37,7 @@ def _inputs(cell, x, drive, steps, batch, dtype):
         batch = check_positive_int("batch", batch)
         return np.zeros((1, 0, batch, 0), dtype), False, steps, batch
     if drive is not None:
-        drive = check_float_array("drive", drive)
-        width = cell.gates * cell.hidden_size
-        E = cell.ensemble_size
-        shape = ("T", E, "B", width) if E is not None and drive.ndim == 4 else ("T", "B", width)
-        check_shape("drive", drive, shape)
-        x, additive = drive, True
+        x, additive = check_drive(cell, drive), True
     else:
         x, additive = check_input(cell, check_float_array("x", x))[0], False
         x = x.transpose(1, 0, 2, 3) if x.ndim == 4 else x  # back to time-major
@@ -100,7 +85,7 @@ def _walk(cell, x, additive, steps, burn_in, interval, h, c, q, dtype):
     R = (steps - burn_in) // interval intervals; return (log |R_jj| (E, B, R, k), diverged)."""
     E, B = h.shape[:2]
     diverged = np.zeros((E, B), bool)
-    parameters = _parameters(cell, dtype)
+    parameters = member_major_parameters(cell, dtype)
     block_size = unit_block_size(cell.hidden_size)
 
     def advance(t0, n_steps):

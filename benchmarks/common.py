@@ -10,6 +10,7 @@ machine's BLAS reaches, and prints plain-text tables with ``print_table``.
 >>> matmul_flops(2, 3, 4), rnn_flops(steps=10, batch=2, input_size=3, hidden_size=4, gates=1)
 (48, 1120)
 """
+import argparse
 import gc
 import os
 import platform
@@ -209,3 +210,17 @@ def machine_info():
     if env:
         lines.append("env: " + " ".join(f"{k}={v}" for k, v in env.items()))
     return lines
+
+
+def begin(script, docstring, full, quick, argv=None, torch=None):
+    """Parse ``--quick``, print the run's header (script, machine) and return the sizes:
+    ``quick`` or ``full``. torch, when given, gets the machine's 2 threads."""
+    parser = argparse.ArgumentParser(description=docstring.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    args = parser.parse_args(argv)
+    if torch is not None:
+        torch.set_num_threads(2)
+    print(script + (" --quick" if args.quick else ""))
+    for line in machine_info():
+        print(line)
+    return quick if args.quick else full

@@ -21,7 +21,6 @@ FLOPs count matrix products only: lmax 2 x 2N^2 per step; spectrum 2N^2 + 2N^3 p
 step + (8/3) N^3 per QR (Householder R and Q); gradnorm 2N^2 per forward step + 2N^3
 per lag. GFLOP/s are compared with numpy's GEMM rate measured at the start of the run.
 """
-import argparse
 import time
 
 import numpy as np
@@ -203,16 +202,8 @@ def close(tolerance):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
-    args = parser.parse_args(argv)
-    config = QUICK if args.quick else FULL
-    if torch is not None:
-        torch.set_num_threads(2)
-    print("benchmarks/gradient_analysis.py" + (" --quick" if args.quick else ""))
-    for line in common.machine_info():
-        print(line)
-    gemm = common.gemm_rate(np.float64, n=2048 if not args.quick else 512)
+    config = common.begin("benchmarks/gradient_analysis.py", __doc__, FULL, QUICK, argv, torch)
+    gemm = common.gemm_rate(np.float64, n=512 if config is QUICK else 2048)
     bandwidth = common.copy_bandwidth()
     print(f"numpy GEMM float64: {gemm:.0f} GFLOP/s; copy bandwidth: {bandwidth:.1f} GB/s\n")
     rows, repeats = [], config["repeats"]

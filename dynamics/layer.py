@@ -88,18 +88,24 @@ class LayerTape:
         return self.cs[:, 0 if self.reverse else -1]
 
 
+def member_major_parameters(cell, dtype):
+    """(W_ih, b_ih, W_hh, b_hh) as C-contiguous (E, ...) arrays in ``dtype``; zero
+    biases for a cell without them."""
+    E = cell.ensemble_size
+    weight_ih, weight_hh = (member_major(w, dtype, E) for w in (cell.weight_ih, cell.weight_hh))
+    if cell.bias:
+        bias_ih, bias_hh = (member_major(b, dtype, E) for b in (cell.bias_ih, cell.bias_hh))
+    else:
+        bias_ih = bias_hh = np.zeros(weight_hh.shape[:2], dtype)
+    return weight_ih, bias_ih, weight_hh, bias_hh
+
+
 def layer_forward(cell, x, h0, c0, reverse):
     """Run ``cell`` over ``x``; ``h0``/``c0`` are (E, B, H) in the run's dtype."""
     dtype = h0.dtype
     n_members, batch, hidden = h0.shape
     n_steps = x.shape[-3]
-    weight_ih, weight_hh = (member_major(w, dtype, cell.ensemble_size)
-                            for w in (cell.weight_ih, cell.weight_hh))
-    if cell.bias:
-        bias_ih, bias_hh = (member_major(b, dtype, cell.ensemble_size)
-                            for b in (cell.bias_ih, cell.bias_hh))
-    else:
-        bias_ih = bias_hh = np.zeros(weight_hh.shape[:2], dtype)
+    weight_ih, bias_ih, weight_hh, bias_hh = member_major_parameters(cell, dtype)
     cell_width = hidden if cell.code == LSTM else 0
     hs = np.empty((n_members, n_steps, batch, hidden), dtype)
     cs = np.empty((n_members, n_steps, batch, cell_width), dtype)

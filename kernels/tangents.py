@@ -109,29 +109,28 @@ def _adjoint_rows(cell, p, w_hh, h0, c0, hs, cs, e, b, t, rows, rows_out):
 
 
 @jit(parallel=True)
-def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, v, spectral, log_frobenius,
+def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_frobenius,
                   log_spectral, log_adjoint, block_size):
-    """Norms of the products P_l = d s_(t_end) / d s_(t_end - l), l = 0..L, L + 1 =
-    ``log_frobenius.shape[2]`` (and L <= t_end + 1).
+    """Norms of M P_l, where P_l = d s_(t_end) / d s_(t_end - l), l = 0..L, L + 1 =
+    ``log_frobenius.shape[2]`` (L <= t_end + 1) and M = ``start[e, b]`` (m, S): the
+    identity for the products themselves, or one adjoint vector (m = 1).
 
-    P_l = P_(l-1) J_(t_end - l + 1) is carried backward as exp(scale) * M with M
+    M P_l = M P_(l-1) J_(t_end - l + 1) is carried backward as exp(scale) * A with A
     rescaled to unit Frobenius norm at every lag; its rows, each an adjoint vector, are
     advanced in blocks of ``block_size`` (``unit_block_size``) in parallel. Writes, per
-    item (e, b) and lag, in float64: ``log_frobenius`` = log ||P_l||_F, ``log_spectral``
-    = log ||P_l||_2 (only if ``spectral``, an SVD per lag) and ``log_adjoint`` =
-    log ||v[e, b] P_l||, the BPTT adjoint of a loss whose gradient at s_(t_end) is ``v``.
-    Non-finite or zero products give nan or -inf from the first lag where they appear.
+    item (e, b) and lag, in float64: ``log_frobenius`` = log ||M P_l||_F,
+    ``log_spectral`` = log ||M P_l||_2 (only if ``spectral``, an SVD per lag) and, if
+    ``v`` (E, B, S) is not empty, ``log_adjoint`` = log ||v[e, b] M P_l||. Non-finite or
+    zero products give nan or -inf from the first lag where they appear.
     """
     n_members, _, batch, _ = hs.shape
     n_items = n_members * batch
-    size = v.shape[2]
+    size = start.shape[2]
     n_blocks = (size + block_size - 1) // block_size
-    here = np.empty((n_members, batch, size, size), hs.dtype)
+    here = start.copy()
     there = np.empty_like(here)
     scale = np.zeros((n_members, batch))
     done = np.zeros((n_members, batch), np.bool_)
-    for item in range(n_items):
-        here[item // batch, item % batch] = np.eye(size, dtype=hs.dtype)
     for lag in range(log_frobenius.shape[2]):
         if lag > 0:
             for task in prange(n_items * n_blocks):
@@ -161,7 +160,8 @@ def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, v, spectral, log_frobeni
             log_frobenius[e, b, lag] = scale[e, b]
             if spectral:
                 log_spectral[e, b, lag] = scale[e, b] + np.log(np.linalg.norm(here[e, b], 2))
-            log_adjoint[e, b, lag] = scale[e, b] + _log_norm(np.dot(v[e, b], here[e, b]))
+            if v.shape[2] > 0:
+                log_adjoint[e, b, lag] = scale[e, b] + _log_norm(np.dot(v[e, b], here[e, b]))
 
 
 @jit

@@ -1,0 +1,130 @@
+"""The sweep engine: chunking and seeds, zarr resume (SIGKILL included), refusal of a
+foreign store, dask (a LocalCluster, a worker lost mid-sweep), and the edge-of-chaos study."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from sweep_toys import toy_sweep
+
+from analysis.sweep import Sweep, save_netcdf
+
+HERE = os.path.dirname(__file__)
+
+
+def assert_identical(a, b):
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_results_do_not_depend_on_chunking_and_carry_attrs():
+    one = toy_sweep(chunk_size=1).run(progress=False)
+    five = toy_sweep(chunk_size=5).run(progress=False)
+    assert_identical(one, five)
+    assert one.state.dims == ("a", "b", "unit")
+    for name, variable in {**one.data_vars, **one.coords}.items():
+        assert {"long_name", "units"} <= set(variable.attrs), name
+    assert {"package_version", "config", "seed", "created"} <= set(one.attrs)
+    # point i draws from child i of SeedSequence(5): (a, b) = (1.0, 3.0) is point 5
+    child = np.random.SeedSequence(5).spawn(12)[5]
+    assert one.draw.sel(a=1.0, b=3.0) == 3.0 * np.random.default_rng(child).normal()
+
+
+def test_store_resumes_and_refuses_another_configuration(tmp_path):
+    store = str(tmp_path / "toy.zarr")
+    log = tmp_path / "log.txt"
+    full = toy_sweep(log=str(log)).run(store=store, progress=False)
+    assert len(log.read_text().split()) == 4  # 12 points in chunks of 3
+    again = toy_sweep(log=str(log)).run(store=store, progress=False)
+    assert len(log.read_text().split()) == 4  # nothing recomputed
+    assert_identical(full, again)
+    with pytest.raises(ValueError, match="another configuration"):
+        toy_sweep(a=(0.5, 1.0)).run(store=store, progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        toy_sweep(chunk_size=2).run(store=store, progress=False)
+    path = save_netcdf(full, tmp_path / "toy.nc")
+    assert_identical(full, xr.open_dataset(path, engine="h5netcdf"))
+
+
+RUNNER = """
+import sys
+sys.path.insert(0, {here!r})
+from sweep_toys import toy_sweep
+toy_sweep(chunk_size=1, log={log!r}, delay=0.4).run(store={store!r}, progress=False)
+"""
+
+
+def test_sigkill_loses_only_chunks_in_flight(tmp_path):
+    store, log = str(tmp_path / "toy.zarr"), str(tmp_path / "log.txt")
+    script = RUNNER.format(here=HERE, log=log, store=store)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    process = subprocess.Popen([sys.executable, "-c", script], env=env)
+    deadline = time.time() + 120
+    done = np.zeros(0, bool)
+    while time.time() < deadline and done.sum() < 3:
+        time.sleep(0.2)
+        try:
+            done = zarr.open_group(store, mode="r")["done"][:]
+        except Exception:  # not created yet
+            continue
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = zarr.open_group(store, mode="r")["done"][:]
+    assert 3 <= done.sum() < 12, done
+    finished_before = set(np.flatnonzero(done))
+    resume_log = str(tmp_path / "resume.txt")
+    resumed = toy_sweep(chunk_size=1, log=resume_log).run(store=store, progress=False)
+    recomputed = {int(v) for v in open(resume_log).read().split()}
+    assert not recomputed & finished_before
+    assert recomputed | finished_before == set(range(12))
+    assert_identical(resumed, toy_sweep(chunk_size=1).run(progress=False))
+
+
+@pytest.mark.slow
+def test_local_cluster_gives_bitwise_the_in_process_result_even_when_a_worker_dies(tmp_path):
+    pytest.importorskip("distributed")
+    in_process = toy_sweep().run(progress=False)
+    on_cluster = toy_sweep().run(workers=2, progress=False)
+    assert_identical(in_process, on_cluster)
+    marker = str(tmp_path / "crashed")
+    survived = toy_sweep(crash_marker=marker, crash_chunk=3).run(workers=2, progress=False)
+    assert os.path.exists(marker)  # chunk 1 (points 3-5) killed its worker once
+    assert_identical(in_process, survived)
+
+
+def test_bad_sweeps_are_refused():
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        Sweep("x", {"a": []}, None, {})
+    with pytest.raises(ValueError, match="chunk_size"):
+        Sweep("x", {"a": [1]}, None, {}, chunk_size=0)
+    with pytest.raises(ValueError, match="returned no 'draw'"):
+        Sweep("x", {"a": [1.0]}, lambda p, s: {}, toy_sweep().outputs).run(progress=False)
+    with pytest.raises(ValueError, match="one of client, scheduler and workers"):
+        toy_sweep().run(workers=2, scheduler="tcp://localhost:1", progress=False)
+
+
+def test_edge_of_chaos_quick_run(tmp_path):
+    from studies import edge_of_chaos
+
+    ds = edge_of_chaos.main(["--out", str(tmp_path), "--gains", "0.5,1.5,2.5",
+                             "--sigma-x", "0,1", "--units", "40", "--seeds", "2",
+                             "--steps", "400", "--burn-in", "100"])
+    reopened = xr.open_dataset(tmp_path / "edge_of_chaos.nc", engine="h5netcdf")
+    assert (tmp_path / "edge_of_chaos.png").stat().st_size > 10_000
+    assert reopened.lyapunov_max.dims == ("sigma_x", "gain", "seed")
+    assert reopened.spectral_radius.dims == ("gain", "seed")
+    assert reopened.lyapunov_max_meanfield.dims == ("sigma_x", "gain")
+    assert reopened.critical_gain.dims == reopened.critical_gain_meanfield.dims == ("sigma_x",)
+    for name, variable in {**reopened.data_vars, **reopened.coords}.items():
+        assert {"long_name", "units"} <= set(variable.attrs), name
+    lam = ds.lyapunov_max.mean("seed")
+    assert (lam.diff("gain") > 0).all()  # chaos grows with the gain...
+    assert (lam.sel(sigma_x=1.0) < lam.sel(sigma_x=0.0)).all()  # ...and input suppresses it
+    np.testing.assert_allclose(ds.critical_gain_meanfield, [1.0, 1.8555894], rtol=1e-6)
+    # the gradient's log-slope follows lambda_max
+    np.testing.assert_allclose(ds.grad_decay_rate, ds.lyapunov_max, atol=0.1)
