@@ -52,6 +52,26 @@ def e_folding_lag(log_values, lags):
     return np.where(fallen.any(-1), lags[first], np.nan)
 
 
+def default_loss_gradient(tape):
+    """dLoss/ds_T = 1/sqrt(H) on every h unit, 0 on c: (E, B, S)."""
+    E, _, B, H = tape.hs.shape
+    v = np.zeros((E, B, H + tape.cs.shape[3]), tape.hs.dtype)
+    v[..., :H] = 1.0 / np.sqrt(H)
+    return v
+
+
+def adjoint_log_norms(tape, v, max_lag):
+    """log ||dLoss / d s_(T-lag)||, lag = 0..max_lag, (E, B, max_lag + 1), for the loss
+    gradient ``v`` (E, B, S) at the tape's last state: the BPTT adjoint alone, one vector
+    carried back (S times less work than the products)."""
+    E, T, B, _ = tape.hs.shape
+    logs = np.full((3, E, B, max_lag + 1), np.nan)
+    with single_threaded_blas():
+        adjoint_chain(*tape_arguments(tape), T - 1, v[:, :, None], v[:, :, :0], False,
+                      logs[0], logs[1], logs[2], unit_block_size(v.shape[2], E * B))
+    return logs[0]
+
+
 def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, spectral=True,
                          fit_lags=None, dtype=np.float64, drive=None, products=True):
     """Norms of d s_T / d s_(T-l) and of the BPTT adjoint against the lag l.
@@ -86,8 +106,7 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
         raise ValueError(f"max_lag must be at most the number of steps T = {T}, got {max_lag}")
     S = state_size(cell)
     if grad_final is None:
-        v = np.zeros((E, B, S), tape.hs.dtype)
-        v[..., :H] = 1.0 / np.sqrt(H)
+        v = default_loss_gradient(tape)
     else:
         v = check_float_array("grad_final", grad_final)
         want = (E, B, S) if cell.ensemble_size is not None else (B, S)
@@ -102,12 +121,9 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
         start = np.broadcast_to(np.eye(S, dtype=v.dtype), (E, B, S, S))
         with single_threaded_blas():
             adjoint_chain(*tape_arguments(tape), T - 1, start, v, spectral, logs[1], logs[0],
-                          logs[2], unit_block_size(S))
-    else:  # the adjoint alone: the chain of one row, v
-        with single_threaded_blas():
-            adjoint_chain(*tape_arguments(tape), T - 1, v[:, :, None], v[:, :, :0], False,
-                          logs[2], logs[0], logs[1], unit_block_size(S))
-        logs[:2] = np.nan
+                          logs[2], unit_block_size(S, E * B))
+    else:
+        logs[2] = adjoint_log_norms(tape, v, max_lag)
     first, last = (max_lag // 2, max_lag) if fit_lags is None else fit_lags
     in_fit = (lags >= first) & (lags <= last)
     rate = fit_log_slope(np.where(in_fit, logs, np.nan), lags)

@@ -19,12 +19,14 @@ import xarray as xr
 
 from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, provenance,
                               single_cell, state_size)
+from analysis.gradients import adjoint_log_norms, default_loss_gradient, fit_log_slope
 from analysis.jacobians import check_drive
 from dynamics.init import seed_sequence
-from dynamics.layer import member_major_parameters, single_threaded_blas
+from dynamics.layer import LayerTape, member_major_parameters, single_threaded_blas
 from dynamics.network import as_network
 from dynamics.propagation import check_input, check_states
 from dynamics.validation import check_float_array, check_positive_int
+from kernels.cells import saved_width
 from kernels.tangents import tangent_walk, unit_block_size
 
 
@@ -80,24 +82,35 @@ def _initial(cell, h0, batch, n_vectors, seed, dtype, identity):
     return h, c, q
 
 
-def _walk(cell, x, additive, steps, burn_in, interval, h, c, q, dtype):
+def _walk(cell, x, additive, steps, burn_in, interval, h, c, q, dtype, keep=0):
     """Advance ``burn_in`` steps (QR every ``interval``, records dropped), then
-    R = (steps - burn_in) // interval intervals; return (log |R_jj| (E, B, R, k), diverged)."""
-    E, B = h.shape[:2]
+    R = (steps - burn_in) // interval intervals; return (log |R_jj| (E, B, R, k),
+    diverged, the forward tape of the last ``keep`` steps or None)."""
+    E, B, H = h.shape
     diverged = np.zeros((E, B), bool)
     parameters = member_major_parameters(cell, dtype)
-    block_size = unit_block_size(cell.hidden_size)
+    block_size = unit_block_size(cell.hidden_size, E * B)
+    used = burn_in + (steps - burn_in) // interval * interval
+    gated = cell.kind in ("lstm", "gru")  # a vanilla RNN's linearisation needs h alone
+    tape = (np.empty((E, keep, B, H), dtype), np.empty((E, keep, B, c.shape[2]), dtype),
+            np.empty((E, keep if gated else 0, B, saved_width(cell.code, H)), dtype),
+            np.empty_like(h), np.empty_like(c))
 
     def advance(t0, n_steps):
         log_r = np.empty((E, B, -(-n_steps // interval), q.shape[-1]))
         with single_threaded_blas():
             tangent_walk(cell.code, x, additive, *parameters, t0, n_steps, interval, h, c, q,
-                         diverged, log_r, block_size)
+                         diverged, log_r, block_size, used - keep, *tape)
         return log_r
 
     if burn_in:
         advance(0, burn_in)
-    return advance(burn_in, (steps - burn_in) // interval * interval), diverged
+    log_r = advance(burn_in, used - burn_in)
+    if not keep:
+        return log_r, diverged, None
+    hs, cs, p, h_before, c_before = tape
+    return log_r, diverged, LayerTape(cell, False, None, parameters[0], parameters[2],
+                                      parameters[3], h_before, c_before, p, hs, cs)
 
 
 def _check_vectors(cell, n_vectors):
@@ -111,7 +124,8 @@ def _check_vectors(cell, n_vectors):
 
 
 def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_exponents=None,
-                      burn_in=0, interval=1, h0=None, seed=0, dtype=np.float64):
+                      burn_in=0, interval=1, h0=None, seed=0, dtype=np.float64,
+                      gradient_lags=None):
     """The first ``n_exponents`` Lyapunov exponents, autonomous or driven.
 
     Parameters
@@ -127,6 +141,9 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
     h0 : initial state as for ``dynamics.forward``; default N(0, 1) per unit, drawn
         from ``seed`` (member e of an ensemble from child e of ``SeedSequence(seed)``)
     dtype : float64 (default) or float32 arithmetic; the logs always add up in float64
+    gradient_lags : L, to follow also, on the same trajectory, the BPTT gradient of a loss
+        on the last state (dLoss/dh = 1/sqrt(H), as ``gradient_norm_vs_lag``'s default)
+        back L steps (at most the steps after burn-in); keeps the last L steps in memory
 
     Returns
     -------
@@ -136,6 +153,9 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
     exponent)`` (the estimate after each record, and each record's own exponents), and
     ``diverged`` (the state or tangents stopped being finite: exponents are then nan).
     The exponents use the ``(T - burn_in) // interval`` whole intervals after burn-in.
+    With ``gradient_lags``, also ``log_gradient_norm`` ``([member,] batch, lag)`` and its
+    fitted log-slope over the second half of the lags, ``gradient_decay_rate``
+    (asymptotically lambda_max).
     """
     cell = single_cell(model)
     dtype = analysis_dtype(dtype)
@@ -147,8 +167,14 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
         raise ValueError(f"need at least one interval of {interval} steps after the burn-in "
                          f"of {burn_in}, got {steps} steps")
     h, c, q = _initial(cell, h0, batch, n_vectors, seed, dtype, identity=False)
-    log_r, diverged = _walk(cell.astype(dtype), inputs, additive, steps, burn_in, interval,
-                            h, c, q, dtype)
+    keep = 0
+    if gradient_lags is not None:
+        keep = check_positive_int("gradient_lags", gradient_lags)
+        if keep > (steps - burn_in) // interval * interval:
+            raise ValueError("gradient_lags must be at most the steps measured after the "
+                             f"burn-in, {(steps - burn_in) // interval * interval}, got {keep}")
+    log_r, diverged, tape = _walk(cell.astype(dtype), inputs, additive, steps, burn_in,
+                                  interval, h, c, q, dtype, keep)
     n_records = log_r.shape[2]
     elapsed = interval * np.arange(1, n_records + 1)
     running = np.cumsum(log_r, axis=2) / elapsed[:, None]
@@ -157,8 +183,20 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
     nats = "nats/step"
     config = {"steps": steps, "burn_in": burn_in, "interval": interval, "n_exponents": n_vectors,
               "input": "none" if x is None and drive is None else "drive" if additive else "x",
-              "batch": batch, "h0": "random" if h0 is None else "given"}
-    return xr.Dataset(
+              "batch": batch, "h0": "random" if h0 is None else "given",
+              "gradient_lags": gradient_lags}
+    variables = {}
+    if tape is not None:
+        logs = adjoint_log_norms(tape, default_loss_gradient(tape), keep)
+        lags = np.arange(keep + 1)
+        rate = fit_log_slope(np.where(lags >= keep // 2, logs, np.nan), lags)
+        variables = {
+            "log_gradient_norm": (dims + ("lag",), drop_member(logs, cell),
+                                  attrs("natural log of ||dLoss / d s_(T-lag)||", "1")),
+            "gradient_decay_rate": (dims, drop_member(rate, cell),
+                                    attrs("fitted log-slope of the gradient norm against lag",
+                                          "1/step"))}
+    dataset = xr.Dataset(
         {"lyapunov_exponents": (dims + ("exponent",), drop_member(exponents, cell),
                                 attrs("Lyapunov exponents", nats)),
          "lyapunov_max": (dims, drop_member(exponents[..., 0], cell),
@@ -173,6 +211,10 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
         coords={"exponent": np.arange(n_vectors),
                 "time": ("time", burn_in + elapsed, attrs("steps run at this record", "steps"))},
         attrs=provenance("lyapunov_spectrum", config, dtype, seed))
+    if variables:
+        dataset = dataset.assign(variables).assign_coords(
+            lag=("lag", np.arange(keep + 1), attrs("steps back from the last state", "steps")))
+    return dataset
 
 
 def log_singular_values(model, x, h0=None, n_values=None, interval=1, dtype=np.float64):
@@ -197,8 +239,8 @@ def log_singular_values(model, x, h0=None, n_values=None, interval=1, dtype=np.f
         raise ValueError(f"interval must divide the number of steps {steps}, got {interval}")
     h, c, q = _initial(cell, h0 if h0 is not None else _zeros(cell, batch, dtype), batch,
                        n_vectors, 0, dtype, identity=True)
-    log_r, diverged = _walk(cell.astype(dtype), inputs, additive, steps, 0, interval, h, c, q,
-                            dtype)
+    log_r, diverged, _ = _walk(cell.astype(dtype), inputs, additive, steps, 0, interval, h, c,
+                               q, dtype)
     total = np.where(diverged[..., None], np.nan, log_r.sum(axis=2))
     return xr.DataArray(drop_member(total, cell), dims=item_dims(cell) + ("index",),
                         name="log_singular_values",

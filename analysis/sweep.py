@@ -34,6 +34,7 @@ import contextlib
 import json
 import math
 import os
+import uuid
 from dataclasses import dataclass, field
 
 import numba
@@ -133,11 +134,17 @@ class Sweep:
 
     def open_store(self, path):
         """The zarr group at ``path``: created for this sweep, or resumed if it was written
-        with the same configuration; refused (ValueError) otherwise."""
+        with the same configuration; refused (ValueError) otherwise. ``path=None``: arrays
+        in memory."""
         import zarr
 
         identity = self.identity()
-        if path is not None and os.path.exists(path):
+        if path is None:  # in memory only: plain arrays, indexed as zarr's are
+            arrays = {name: np.full((self.n_points, *o.shape),
+                                    np.nan if o.dtype.startswith("float") else 0, o.dtype)
+                      for name, o in self.outputs.items()}
+            return {**arrays, "done": np.zeros(self.n_chunks, bool)}
+        if os.path.exists(path):
             group = zarr.open_group(path, mode="a")
             stored = group.attrs.get("sweep")
             if stored is not None:
@@ -147,8 +154,7 @@ class Sweep:
                         f"store (or delete this one). Stored: {stored[:300]}... This sweep: "
                         f"{identity[:300]}...")
                 return group
-        group = zarr.open_group(path if path is not None else zarr.storage.MemoryStore(),
-                                mode="w")
+        group = zarr.open_group(path, mode="w")
         for name, output in self.outputs.items():
             group.create_array(name, shape=(self.n_points, *output.shape),
                                chunks=(self.chunk_size, *output.shape), dtype=output.dtype,
@@ -166,13 +172,15 @@ class Sweep:
 
     # -- running --------------------------------------------------------------------------
 
-    def run(self, store=None, client=None, scheduler=None, workers=None, progress=True):
+    def run(self, store=None, client=None, scheduler=None, workers=None, progress=True,
+            numba_threads=None):
         """Compute every chunk not yet in ``store`` (a zarr path; None: in memory only)
         and return the Dataset.
 
         In-process by default; on dask.distributed with ``client`` (a Client),
         ``scheduler`` (an address such as "tcp://host:8786") or ``workers`` (n local worker
-        processes, each with cores/n numba threads).
+        processes). On dask each task runs numba on ``numba_threads`` threads, by default
+        the cores of its host divided by the workers there.
         """
         group = self.open_store(store)
         todo = [i for i, done in enumerate(group["done"][:]) if not done]
@@ -186,7 +194,7 @@ class Sweep:
                     bar.update(len(seeds))
             else:
                 with _dask_client(client, scheduler, workers) as (dask_client, threads):
-                    self._run_on_dask(dask_client, threads, group, todo, bar)
+                    self._run_on_dask(dask_client, numba_threads or threads, group, todo, bar)
         return self.dataset(group)
 
     def _chunk_points(self, index):
@@ -195,11 +203,11 @@ class Sweep:
     def _run_on_dask(self, client, numba_threads, group, todo, bar):
         from distributed import as_completed
 
-        futures = {}
+        futures, run_id = {}, uuid.uuid4().hex[:8]  # fresh keys: never another run's results
         for index in todo:
             points, seeds = self.chunk(index)
             future = client.submit(_run_chunk, self.compute, points, seeds, self.outputs,
-                                   numba_threads, key=f"{self.name}-chunk-{index}-{os.getpid()}",
+                                   numba_threads, key=f"{self.name}-chunk-{index}-{run_id}",
                                    pure=False)
             futures[future] = index
         for future in as_completed(futures):
@@ -262,15 +270,15 @@ def _dask_client(client, scheduler, workers):
 
 
 def local_cluster(workers):
-    """A dask ``LocalCluster`` of ``workers`` processes, one task at a time each, with
-    numba's threads capped at cores / workers in every worker."""
+    """A dask ``LocalCluster`` of ``workers`` processes, one task at a time each (numba's
+    threads per task are set by ``Sweep.run``: a worker may import numba before any
+    environment variable could cap them)."""
     from distributed import LocalCluster
 
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    threads = max(1, (os.cpu_count() or 1) // workers)
     return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                        dashboard_address=None, env={"NUMBA_NUM_THREADS": str(threads)})
+                        dashboard_address=None)
 
 
 def _threads_per_worker(client):

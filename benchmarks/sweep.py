@@ -13,7 +13,8 @@ Run from the repository root::
    ensembles. Peers: the same per chunk with stacked arrays, ``np.matmul`` and
    ``torch.bmm`` (forward with the tangent, then the stored trajectory backward).
    Reported as grid points x steps per second.
-2. scaling: the same sweep on a LocalCluster of 1 and of 2 worker processes.
+2. scaling: the same sweep on a LocalCluster of 1 worker process with 1 numba thread,
+   1 with 2 threads, and 2 workers with 1 thread each (the engine's default on 2 cores).
 3. overhead: points that take 1 s (a sleep), in-process and on 2 workers (clusters
    started beforehand): wall time against the ideal.
 """
@@ -33,22 +34,23 @@ try:
 except ImportError:
     torch = None
 
-FULL = dict(units=200, gains=np.linspace(0.5, 3.0, 6), sigma_x=np.array([0.0, 1.0]), seeds=2,
-            steps=1000, burn_in=300, chunk_size=8, sleepers=8)
+FULL = dict(units=200, gains=np.linspace(0.5, 3.0, 6), sigma_x=np.array([0.0, 1.0]), seeds=8,
+            steps=1000, burn_in=300, chunk_size=8, sleepers=8, repeats=3)
 QUICK = dict(units=32, gains=np.linspace(0.5, 3.0, 3), sigma_x=np.array([0.0, 1.0]), seeds=1,
-             steps=100, burn_in=20, chunk_size=3, sleepers=2)
+             steps=100, burn_in=20, chunk_size=3, sleepers=2, repeats=2)
 
 
 def peer_chunk(points, seeds, *, units, steps, burn_in, base_seed, xp):
     """The same chunk with stacked arrays: ``xp`` is numpy or torch (bmm)."""
     gains, sigmas = points["gain"], points["sigma_x"]
-    W0 = np.stack([edge_of_chaos.base_weights("rnn_tanh", units, s, base_seed)
+    W0 = np.stack([edge_of_chaos.base_weights("rnn_tanh", units, int(s), base_seed)
                    for s in points["seed"]])
     W = gains[:, None, None] * W0
     T, E = burn_in + steps, len(seeds)
     rngs = [np.random.default_rng(seed) for seed in seeds]
-    drive = np.stack([rng.normal(0.0, 1.0, (T, 1, units)) for rng in rngs], axis=1)[:, :, 0]
-    drive = drive * sigmas[None, :, None]
+    noise = np.stack([edge_of_chaos.base_noise("rnn_tanh", units, T, int(s), base_seed)
+                      for s in points["seed"]], axis=1)[:, :, 0]
+    drive = noise * sigmas[None, :, None]
     h = np.stack([rng.normal(0.0, 1.0, (1, units)) for rng in rngs])[:, 0]
     q = np.ones((E, units)) / np.sqrt(units)
     matmul = np.matmul if xp is np else lambda a, b: torch.bmm(a, b)
@@ -81,7 +83,10 @@ def peer_chunk(points, seeds, *, units, steps, burn_in, base_seed, xp):
     lags = np.arange(steps + 1)
     half = lags >= steps // 2
     slope = np.polyfit(lags[half], logs[:, half].T, 1)[0]
-    return {"lyapunov_max": np.asarray(total) / steps, "grad_decay_rate": slope}
+    radius = [edge_of_chaos.base_spectral_radius("rnn_tanh", units, int(s), base_seed)
+              for s in points["seed"]]
+    return {"lyapunov_max": np.asarray(total) / steps, "grad_decay_rate": slope,
+            "spectral_radius": gains * np.array(radius)}
 
 
 def peer_sweep(config, xp):
@@ -91,7 +96,7 @@ def peer_sweep(config, xp):
                                 burn_in=config["burn_in"], base_seed=0, xp=xp)
     return Sweep("peer", {"sigma_x": config["sigma_x"], "gain": config["gains"],
                           "seed": np.arange(config["seeds"])}, compute,
-                 {k: Output(k, "1") for k in ("lyapunov_max", "grad_decay_rate")},
+                 {k: Output(k, "1") for k in ("lyapunov_max", "grad_decay_rate", "spectral_radius")},
                  chunk_size=config["chunk_size"])
 
 
@@ -118,14 +123,15 @@ def main(argv=None):
     work = ours.n_points * (config["burn_in"] + config["steps"])
     print(f"\n{ours.n_points} points of N = {config['units']}, {config['burn_in']} + "
           f"{config['steps']} steps, chunks of {config['chunk_size']}")
-    ours_sweep(dict(config, steps=20, burn_in=5)).run(progress=False)  # compile first
-    rows, results = [], {}
-    seconds, results["ours"] = timed(lambda: ours.run(progress=False))
-    rows.append(["ours (in-process)", seconds, work / seconds])
+    rows, results, runs = [], {}, {"ours": lambda: ours.run(progress=False)}
     peers = {"numpy": np} | ({"torch.bmm": torch} if torch is not None else {})
     for label, xp in peers.items():
-        seconds, results[label] = timed(lambda: peer_sweep(config, xp).run(progress=False))
-        rows.append([label, seconds, work / seconds])
+        runs[label] = (lambda xp: lambda: peer_sweep(config, xp).run(progress=False))(xp)
+    for label, run in runs.items():  # the first call compiles and fills the per-seed caches
+        results[label] = run()
+        timing = common.measure(run, repeats=config["repeats"], warmup=0)
+        rows.append([label if label != "ours" else "ours (in-process)", timing.median,
+                     timing.spread, work / timing.median])
     # the same sweep, the same exponents up to their finite-time fluctuations (the initial
     # tangents differ)
     tolerance = 1 / np.sqrt(config["steps"])
@@ -136,7 +142,8 @@ def main(argv=None):
     best = min(row[1] for row in rows[1:])
     for row in rows:
         row.append(best / row[1] if row[0].startswith("ours") else row[1] / rows[0][1])
-    common.print_table(["implementation", "seconds", "points x steps / s", "ratio"], rows,
+    common.print_table(["implementation", "median s", "spread", "points x steps / s", "ratio"],
+                       rows,
                        title="1. edge-of-chaos sweep throughput (ratio: for ours best peer / "
                              "ours, for a peer its time / ours)")
 
@@ -145,11 +152,13 @@ def main(argv=None):
     sleepy = Sweep("sleep", {"i": np.arange(sleepers)}, sleeper, {"value": Output("zero", "1")},
                    chunk_size=1)
     overhead = [["in-process", *sleep_run(sleepy, {}), sleepers]]
-    for workers in (1, 2):
+    for workers, threads in ((1, 1), (1, 2), (2, 1)):
         with local_cluster(workers) as cluster, Client(cluster) as client:
             ours.run(client=client, progress=False)  # workers load the compiled kernels
-            seconds, _ = timed(lambda: ours.run(client=client, progress=False))
-            rows.append([f"LocalCluster, {workers} worker(s)", seconds, work / seconds])
+            seconds, _ = timed(lambda: ours.run(client=client, progress=False,
+                                                numba_threads=threads))
+            rows.append([f"{workers} worker(s) x {threads} numba thread(s)", seconds,
+                         work / seconds])
             if workers == 2:
                 overhead.append(["2 workers", *sleep_run(sleepy, {"client": client}),
                                  sleepers / 2])

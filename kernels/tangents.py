@@ -25,18 +25,22 @@ from kernels._jit import jit
 from kernels.cells import LIN_ROWS, cell_forward, cell_linearisation, n_gates
 from kernels.jacobians import adjoint_direct, adjoint_gates, state_jacobian, tangent_combine
 
-#: ``tangent_walk`` splits each network into blocks of units (all their gate rows), one
-#: block per thread, so that one large network can use every core. Blocks hold at least
-#: ``MIN_UNIT_BLOCK`` units, a multiple of 8 (whole SIMD registers). Every unit's
+#: ``tangent_walk`` splits each network into blocks of units (all their gate rows), so
+#: that a few large networks can use every core. Blocks hold at least ``MIN_UNIT_BLOCK``
+#: units, a multiple of 8 (whole SIMD registers). Every unit's
 #: arithmetic is the same whatever the blocks (each sum runs over the columns of W_hh in
 #: their order, in our loops and in BLAS's products alike), so results do not depend on
 #: the thread count; ``tests/test_threads.py`` checks it.
 MIN_UNIT_BLOCK = 64
 
 
-def unit_block_size(n_units):
-    """Units per block of ``tangent_walk`` for numba's current thread count."""
-    size = max(MIN_UNIT_BLOCK, -(-n_units // numba.get_num_threads()))
+def unit_block_size(n_units, n_items=1):
+    """Units per block for numba's current thread count: whole sequences when there are
+    at least as many as threads, else each split across the threads."""
+    threads = numba.get_num_threads()
+    if n_items >= threads:
+        return n_units
+    size = max(MIN_UNIT_BLOCK, -(-n_units // (threads // n_items)))
     return (size + 7) // 8 * 8
 
 @jit
@@ -131,7 +135,22 @@ def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_
     there = np.empty_like(here)
     scale = np.zeros((n_members, batch))
     done = np.zeros((n_members, batch), np.bool_)
-    for lag in range(log_frobenius.shape[2]):
+    if n_blocks == 1:  # whole items: each runs all lags with its weights in cache
+        for item in prange(n_items):
+            e = item // batch
+            b = item % batch
+            mine, spare = here[e, b], there[e, b]
+            my_scale = np.zeros(1)  # private: items writing one shared array would contend
+            for lag in range(log_frobenius.shape[2]):
+                if lag > 0:
+                    _adjoint_rows(cell, p, w_hh[e], h0, c0, hs, cs, e, b, t_end - lag + 1,
+                                  mine, spare)
+                    mine, spare = spare, mine
+                if not _record_lag(mine, v[e, b], spectral, my_scale, lag,
+                                   log_frobenius[e, b], log_spectral[e, b], log_adjoint[e, b]):
+                    break
+        return
+    for lag in range(log_frobenius.shape[2]):  # blocks of rows in parallel, lag by lag
         if lag > 0:
             for task in prange(n_items * n_blocks):
                 e = task // (n_blocks * batch)
@@ -145,23 +164,32 @@ def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_
         for item in prange(n_items):
             e = item // batch
             b = item % batch
-            if done[e, b]:
-                continue
-            log_norm = _log_norm(here[e, b])
-            if not np.isfinite(log_norm):  # overflowed to inf/nan, or the product is 0
-                fill = -np.inf if np.isfinite(here[e, b]).all() else np.nan
-                log_frobenius[e, b, lag:] = fill
-                log_spectral[e, b, lag:] = fill
-                log_adjoint[e, b, lag:] = fill
-                done[e, b] = True
-                continue
-            here[e, b] /= np.exp(log_norm)
-            scale[e, b] += log_norm
-            log_frobenius[e, b, lag] = scale[e, b]
-            if spectral:
-                log_spectral[e, b, lag] = scale[e, b] + np.log(np.linalg.norm(here[e, b], 2))
-            if v.shape[2] > 0:
-                log_adjoint[e, b, lag] = scale[e, b] + _log_norm(np.dot(v[e, b], here[e, b]))
+            if not done[e, b]:
+                done[e, b] = not _record_lag(here[e, b], v[e, b], spectral,
+                                             scale[e:e + 1, b], lag, log_frobenius[e, b],
+                                             log_spectral[e, b], log_adjoint[e, b])
+
+
+@jit
+def _record_lag(rows, v, spectral, scale, lag, log_frobenius, log_spectral, log_adjoint):
+    """Rescale ``rows`` to unit Frobenius norm (``scale[0]`` += the log of its norm) and
+    record the lag's log norms; False (and nan or -inf from this lag on) if the product
+    stopped being finite or became 0."""
+    log_norm = _log_norm(rows)
+    if not np.isfinite(log_norm):  # overflowed to inf/nan, or the product is 0
+        fill = -np.inf if np.isfinite(rows).all() else np.nan
+        log_frobenius[lag:] = fill
+        log_spectral[lag:] = fill
+        log_adjoint[lag:] = fill
+        return False
+    rows /= np.exp(log_norm)
+    scale[0] += log_norm
+    log_frobenius[lag] = scale[0]
+    if spectral:
+        log_spectral[lag] = scale[0] + np.log(np.linalg.norm(rows, 2))
+    if v.shape[0] > 0:
+        log_adjoint[lag] = scale[0] + _log_norm(np.dot(v, rows))
+    return True
 
 
 @jit
@@ -206,18 +234,27 @@ def _transposed_panels(w_hh, block_size):
 
 
 @jit
+def _scratch(n, n_tangents, dtype):
+    """Work arrays of ``_block_step`` for blocks of up to n units."""
+    return (np.empty(4 * n, dtype), np.empty(4 * n, dtype), np.empty(4 * n * n_tangents, dtype),
+            np.empty((LIN_ROWS, n), dtype))
+
+
+@jit
 def _block_step(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, s, u0, u1, h,
-                c, q, h_next, c_next, q_next):
-    """One step of units u0:u1 of one sequence: state and tangents, into the ``*_next``."""
+                c, q, h_next, c_next, q_next, scratch):
+    """One step of units u0:u1 of one sequence: state and tangents, into the ``*_next``;
+    returns what the step saved for those units (gate g in entries g*n:(g+1)*n).
+    ``scratch`` comes from ``_scratch`` (reused: no allocation per step)."""
     n_units = h.shape[0]
     n = u1 - u0
     n_g = n_gates(cell)
     k = q.shape[1]
-    p = np.empty(4 * n, h.dtype)
-    ph = np.empty(n_g * n, h.dtype)
-    a_flat = np.empty(n_g * n * k, h.dtype)
+    p = scratch[0][:4 * n]
+    ph = scratch[1][:n_g * n]
+    a_flat = scratch[2][:n_g * n * k]
     a = a_flat.reshape((n_g * n, k))
-    lin = np.empty((LIN_ROWS, n), h.dtype)
+    lin = scratch[3][:, :n]
     for g in range(n_g):
         first = g * n_units + u0
         block = slice(g * n, (g + 1) * n)
@@ -240,6 +277,20 @@ def _block_step(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, s, u0
     cell_linearisation(cell, p, h[u0:u1], c[u0:u1], h_next[u0:u1], c_next[u0:u1], lin)
     tangent_combine(lin, a, q[u0:u1], q[n_units + u0:n_units + u1], q_next[u0:u1],
                     q_next[n_units + u0:n_units + u1])
+    return p
+
+
+@jit
+def _record(saved, u0, h_new, c_new, record, hs_rec, cs_rec, p_rec):
+    """Store the new state of units u0:u0+n and their saved values as step ``record`` of
+    a forward tape (``hs_rec`` (T, H), ``cs_rec``, ``p_rec`` (T, saved width))."""
+    n = h_new.shape[0]
+    n_units = hs_rec.shape[1]
+    hs_rec[record, u0:u0 + n] = h_new
+    cs_rec[record, u0:u0 + c_new.shape[0]] = c_new
+    if p_rec.shape[0] > 0:  # vanilla RNNs keep no saved values (T = 0)
+        for g in range(p_rec.shape[1] // n_units):
+            p_rec[record, g * n_units + u0:g * n_units + u0 + n] = saved[g * n:(g + 1) * n]
 
 
 @jit
@@ -262,9 +313,34 @@ def _orthonormalise(q, log_r, record):
         log_r[record, j] = np.log(np.abs(np.float64(r[j, j])))
 
 
+@jit
+def _qr_due(s, n_steps, interval):
+    """Whether step s (of n_steps) ends with a QR: every ``interval`` steps and the last."""
+    return interval > 0 and ((s + 1) % interval == 0 or s + 1 == n_steps)
+
+
+@jit
+def _all_finite(a):
+    """Whether a C-contiguous array holds no inf or nan (without allocating)."""
+    for value in a.reshape(a.size):
+        if not np.isfinite(value):
+            return False
+    return True
+
+
+@jit
+def _renormalise(h, q, log_r, record):
+    """QR of the tangents q if state and tangents are finite (then True), else False."""
+    if not (_all_finite(h) and _all_finite(q)):
+        return False
+    _orthonormalise(q, log_r, record)
+    return True
+
+
 @jit(parallel=True)
 def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
-                 diverged, log_r, block_size):
+                 diverged, log_r, block_size, record_from, hs_rec, cs_rec, p_rec, h_before,
+                 c_before):
     """Advance states and tangents ``n_steps`` steps from input step ``t0``.
 
     ``x`` (1 or E, T, B, D): input per step, shared by all members or per member; with
@@ -277,39 +353,75 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
     after the last, and the log |R_jj| of QR number r go to ``log_r[:, :, r]``
     (E, B, >= ceil(n_steps / interval), k) float64; an item whose state or tangents
     stop being finite is then marked in ``diverged`` (E, B), its records left nan.
+
+    The trajectory from step ``record_from`` on is kept as a forward tape (as
+    ``kernels.sequence.sequence_forward`` leaves it) when ``hs_rec`` (E, R, B, H) has
+    R > 0 steps: states in ``hs_rec``/``cs_rec``, saved values in ``p_rec``
+    (E, R, B, saved width), and the state before it in ``h_before``/``c_before``.
     """
     n_members, batch, n_units = h.shape
     n_blocks = (n_units + block_size - 1) // block_size
     # one tangent: W_hh as transposed panels for ``_block_products``, else BLAS on W_hh
     panels = _transposed_panels(w_hh if q.shape[3] == 1 else w_hh[:, :0], block_size)
+    log_r[:] = np.nan
+    if n_blocks == 1:  # whole sequences: each walks all steps with its weights in cache
+        for item in prange(n_members * batch):
+            e = item // batch
+            b = item % batch
+            here = (h[e, b].copy(), c[e, b].copy(), q[e, b].copy())
+            there = (np.empty_like(here[0]), np.empty_like(here[1]), np.empty_like(here[2]))
+            scratch = _scratch(n_units, q.shape[3], h.dtype)
+            for s in range(n_steps):
+                if diverged[e, b]:
+                    break
+                if t0 + s == record_from:
+                    h_before[e, b] = here[0]
+                    c_before[e, b] = here[1]
+                saved = _block_step(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
+                                    panels[e, 0], b_hh[e], 0 if x.shape[0] == 1 else e, b,
+                                    t0 + s, 0, n_units, *here, *there, scratch)
+                here, there = there, here
+                if hs_rec.shape[1] > 0 and t0 + s >= record_from:
+                    _record(saved, 0, here[0], here[1], t0 + s - record_from, hs_rec[e, :, b],
+                            cs_rec[e, :, b], p_rec[e, :, b])
+                # (diverged is written only when it changes: items share its cache line)
+                if _qr_due(s, n_steps, interval) and not _renormalise(
+                        here[0], here[2], log_r[e, b], s // interval):
+                    diverged[e, b] = True
+            h[e, b], c[e, b], q[e, b] = here
+        return
     h_next = np.empty_like(h)
     c_next = np.empty_like(c)
     q_next = np.empty_like(q)
-    log_r[:] = np.nan
-    for s in range(n_steps):
+    for s in range(n_steps):  # blocks of units in parallel, step by step
+        if t0 + s == record_from:
+            h_before[:] = h
+            c_before[:] = c
         for task in prange(n_members * batch * n_blocks):
             item = task // n_blocks
             e = item // batch
             b = item % batch
             if not diverged[e, b]:
                 u0 = (task % n_blocks) * block_size
-                _block_step(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
-                            panels[e, task % n_blocks], b_hh[e],
-                            0 if x.shape[0] == 1 else e, b, t0 + s, u0,
-                            min(u0 + block_size, n_units), h[e, b], c[e, b], q[e, b],
-                            h_next[e, b], c_next[e, b], q_next[e, b])
+                u1 = min(u0 + block_size, n_units)
+                saved = _block_step(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
+                                    panels[e, task % n_blocks], b_hh[e],
+                                    0 if x.shape[0] == 1 else e, b, t0 + s, u0, u1, h[e, b],
+                                    c[e, b], q[e, b], h_next[e, b], c_next[e, b], q_next[e, b],
+                                    _scratch(u1 - u0, q.shape[3], h.dtype))
+                if hs_rec.shape[1] > 0 and t0 + s >= record_from:
+                    _record(saved, u0, h_next[e, b, u0:u1], c_next[e, b, u0:u1],
+                            t0 + s - record_from, hs_rec[e, :, b], cs_rec[e, :, b],
+                            p_rec[e, :, b])
         h, h_next = h_next, h
         c, c_next = c_next, c
         q, q_next = q_next, q
-        if interval == 0 or ((s + 1) % interval != 0 and s + 1 != n_steps):
-            continue
-        for item in prange(n_members * batch):
-            e = item // batch
-            b = item % batch
-            if not diverged[e, b]:
-                if np.isfinite(h[e, b]).all() and np.isfinite(q[e, b]).all():
-                    _orthonormalise(q[e, b], log_r[e, b], s // interval)
-                else:
+        if _qr_due(s, n_steps, interval):
+            for item in prange(n_members * batch):
+                e = item // batch
+                b = item % batch
+                if not (diverged[e, b] or _renormalise(h[e, b], q[e, b], log_r[e, b],
+                                                       s // interval)):
                     diverged[e, b] = True
     if n_steps % 2 == 1:  # the latest values are in the scratch arrays: copy them back
         h_next[:] = h

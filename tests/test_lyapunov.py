@@ -68,16 +68,20 @@ def test_sum_of_all_exponents_is_mean_log_det(kind, H, seed, gain, interval):
     ly = analysis.lyapunov_spectrum(cell, x, interval=interval, h0=state)
     jac = analysis.state_jacobians(cell, x, h0=state).values[:, 0]
     log_det = np.linalg.slogdet(jac)[1]
-    # an interval's product can be very ill-conditioned (log det ~ -60 over 3 LSTM steps):
-    # its smallest |R_jj| then carries a relative error of order eps * condition number
-    if np.isfinite(log_det).all():
-        np.testing.assert_allclose(ly.lyapunov_exponents.values.sum(), log_det.mean(),
-                                   rtol=1e-7, atol=1e-9)
     per_record = ly.finite_time_exponents.values[0].sum(-1) * interval
     want = log_det.reshape(-1, interval).sum(-1)
+    # QR recovers log |det| of an interval's product to about eps * its condition number
+    # (an LSTM's c-block can make that 1e15 over 3 steps): compare where it is moderate
+    products = [np.linalg.multi_dot(list(block[::-1])) if interval > 1 else block[0]
+                for block in jac.reshape(-1, interval, *jac.shape[1:])]
+    conditioned = np.array([np.linalg.cond(p) < 1e8 for p in products])
     singular = np.isinf(want)  # dead ReLU units: QR leaves a rounding-size R_jj, not 0
     assert np.all(per_record[singular] < -30)
-    np.testing.assert_allclose(per_record[~singular], want[~singular], rtol=1e-7, atol=1e-9)
+    ok = conditioned & ~singular
+    np.testing.assert_allclose(per_record[ok], want[ok], rtol=1e-7, atol=1e-9)
+    if ok.all():
+        np.testing.assert_allclose(ly.lyapunov_exponents.values.sum(), log_det.mean(),
+                                   rtol=1e-7, atol=1e-9)
 
 
 @examples(5)
@@ -118,6 +122,30 @@ def test_gradient_norm_slope_equals_lyapunov_max():
                                           fit_lags=(200, T - 100))
         slope = float(g.decay_rate.sel(norm="adjoint")[0])
         assert abs(slope - float(ly.lyapunov_max[0])) < 0.01, (gain, slope)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_on_the_lyapunov_trajectory_equals_gradient_norm_vs_lag(kind):
+    """gradient_lags follows the BPTT adjoint on the tape the Lyapunov kernel kept; with
+    no burn-in it is the whole trajectory, as gradient_norm_vs_lag's (own forward pass)."""
+    G = {"lstm": 4, "gru": 3}.get(kind, 1)
+    # 6 sequences of 70 units each walk on their own; one of 150 is split across threads
+    for H, ensemble, batch in ((70, 2, 3), (150, None, 1)):
+        cell = random_cell(kind, 2, H, seed=1, gain=0.8, ensemble=ensemble)
+        lead = (2,) if ensemble else ()
+        drive = np.random.default_rng(0).normal(size=(60, *lead, batch, G * H))
+        h0 = np.random.default_rng(1).normal(size=(1, *lead, batch, H))
+        state = (h0, h0) if kind == "lstm" else h0
+        ly = analysis.lyapunov_spectrum(cell, drive=drive, h0=state, n_exponents=1,
+                                        gradient_lags=60)
+        g = analysis.gradient_norm_vs_lag(cell, drive=drive, h0=state, products=False)
+        np.testing.assert_allclose(ly.log_gradient_norm.values,
+                                   g.log_gradient_norm.sel(norm="adjoint").values, rtol=1e-9)
+        np.testing.assert_allclose(ly.gradient_decay_rate, g.decay_rate.sel(norm="adjoint"),
+                                   rtol=1e-7)
+        later = analysis.lyapunov_spectrum(cell, drive=drive, h0=state, n_exponents=1,
+                                           burn_in=20, gradient_lags=25)
+        assert later.log_gradient_norm.shape == (*lead, batch, 26)
 
 
 def test_matches_a_numpy_qr_loop():
@@ -244,6 +272,8 @@ def test_weight_spectrum_dense_sparse_and_gates():
                                         h0=np.zeros((1, 2, 3)), batch=1), "h0 must have shape"),
     (lambda: analysis.log_singular_values(random_cell("gru", 2, 3), np.zeros((10, 1, 2)),
                                           interval=3), "interval must divide"),
+    (lambda: analysis.lyapunov_spectrum(random_cell("gru", 2, 3), steps=10, burn_in=4,
+                                        gradient_lags=7), "gradient_lags must be at most"),
     (lambda: dynamics.RNN(weight_ih=np.zeros((3, 1)), weight_hh=np.full((3, 3), np.nan)),
      "weight_hh must be finite"),
 ])
