@@ -35,7 +35,7 @@ except ImportError:  # the torch peer is then left out
     torch = None
 
 FULL = dict(lmax=(500, 500, 5000), spectrum=(200, 2000, 10), gradnorm=(256, 1000, 1000),
-            repeats=3)
+            repeats=5)
 QUICK = dict(lmax=(64, 50, 300), spectrum=(32, 200, 10), gradnorm=(32, 100, 100), repeats=2)
 GAIN = 1.5
 

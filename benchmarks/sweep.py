@@ -155,16 +155,18 @@ def main(argv=None):
     for workers, threads in ((1, 1), (1, 2), (2, 1)):
         with local_cluster(workers) as cluster, Client(cluster) as client:
             ours.run(client=client, progress=False)  # workers load the compiled kernels
-            seconds, _ = timed(lambda: ours.run(client=client, progress=False,
-                                                numba_threads=threads))
-            rows.append([f"{workers} worker(s) x {threads} numba thread(s)", seconds,
-                         work / seconds])
+            timing = common.measure(lambda: ours.run(client=client, progress=False,
+                                                     numba_threads=threads),
+                                    repeats=config["repeats"], warmup=0)
+            rows.append([f"{workers} worker(s) x {threads} numba thread(s)", timing.median,
+                         timing.spread, work / timing.median])
             if workers == 2:
                 overhead.append(["2 workers", *sleep_run(sleepy, {"client": client}),
                                  sleepers / 2])
     for row in rows:
         row.append(rows[0][1] / row[1])
-    common.print_table(["run", "seconds", "points x steps / s", "speed-up vs 1 worker"], rows,
+    common.print_table(["run", "median s", "spread", "points x steps / s",
+                        "speed-up vs 1 worker x 1 thread"], rows,
                        title="2. scaling on a LocalCluster (started beforehand)")
     for row in overhead:
         row.append(100 * (row[1] - row[2]) / row[1])

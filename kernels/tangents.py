@@ -234,10 +234,17 @@ def _transposed_panels(w_hh, block_size):
 
 
 @jit
-def _scratch(n, n_tangents, dtype):
-    """Work arrays of ``_block_step`` for blocks of up to n units."""
-    return (np.empty(4 * n, dtype), np.empty(4 * n, dtype), np.empty(4 * n * n_tangents, dtype),
-            np.empty((LIN_ROWS, n), dtype))
+def _scratch(n_tasks, n, n_tangents, dtype):
+    """Work arrays of ``_block_step`` for ``n_tasks`` tasks on blocks of up to n units,
+    allocated once (a tangent block is large: allocating it per step costs page faults)."""
+    return (np.empty((n_tasks, 4 * n), dtype), np.empty((n_tasks, 4 * n), dtype),
+            np.empty((n_tasks, 4 * n * n_tangents), dtype),
+            np.empty((n_tasks, LIN_ROWS, n), dtype))
+
+
+@jit
+def _task_scratch(scratch, task):
+    return scratch[0][task], scratch[1][task], scratch[2][task], scratch[3][task]
 
 
 @jit
@@ -370,7 +377,7 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
             b = item % batch
             here = (h[e, b].copy(), c[e, b].copy(), q[e, b].copy())
             there = (np.empty_like(here[0]), np.empty_like(here[1]), np.empty_like(here[2]))
-            scratch = _scratch(n_units, q.shape[3], h.dtype)
+            scratch = _task_scratch(_scratch(1, n_units, q.shape[3], h.dtype), 0)
             for s in range(n_steps):
                 if diverged[e, b]:
                     break
@@ -393,6 +400,7 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
     h_next = np.empty_like(h)
     c_next = np.empty_like(c)
     q_next = np.empty_like(q)
+    scratch = _scratch(n_members * batch * n_blocks, block_size, q.shape[3], h.dtype)
     for s in range(n_steps):  # blocks of units in parallel, step by step
         if t0 + s == record_from:
             h_before[:] = h
@@ -408,7 +416,7 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
                                     panels[e, task % n_blocks], b_hh[e],
                                     0 if x.shape[0] == 1 else e, b, t0 + s, u0, u1, h[e, b],
                                     c[e, b], q[e, b], h_next[e, b], c_next[e, b], q_next[e, b],
-                                    _scratch(u1 - u0, q.shape[3], h.dtype))
+                                    _task_scratch(scratch, task))
                 if hs_rec.shape[1] > 0 and t0 + s >= record_from:
                     _record(saved, u0, h_next[e, b, u0:u1], c_next[e, b, u0:u1],
                             t0 + s - record_from, hs_rec[e, :, b], cs_rec[e, :, b],
