@@ -27,21 +27,18 @@ TANH_Q = (1.12811678491632931402e2, 2.23548839060100448583e3, 4.8440630532512548
 
 @jit
 def tanh(x):
-    """Hyperbolic tangent with a small relative error everywhere, as one division:
-    Cephes' rational form for |x| < 0.625, where an exponential form would lose its
-    relative accuracy to cancellation, and (e - 1) / (e + 1) with e = exp(2x) beyond
-    (x clipped to +-20, where tanh is +-1 to rounding; nan-preserving). Both sides are
-    computed and selected, so loops over tanh still vectorise."""
+    """Hyperbolic tangent with a small relative error everywhere: Cephes' rational form
+    for |x| < 0.625, where 1 - 2 / (exp(2x) + 1) would lose its relative accuracy to
+    cancellation, and that form beyond (exact at +-inf, nan-preserving). Both are
+    computed and one is selected, so loops over tanh still vectorise."""
     one = type(x)(1.0)
-    limit = type(x)(20.0)
+    two = type(x)(2.0)
     z = x * x
     p = (type(x)(TANH_P[0]) * z + type(x)(TANH_P[1])) * z + type(x)(TANH_P[2])
     q = ((z + type(x)(TANH_Q[0])) * z + type(x)(TANH_Q[1])) * z + type(x)(TANH_Q[2])
-    e = exp(type(x)(2.0) * (limit if x > limit else -limit if x < -limit else x))
-    small = abs(x) < type(x)(0.625)
-    numerator = x * (q + z * p) if small else e - one
-    denominator = q if small else e + one
-    return numerator / denominator
+    small = x + x * z * (p / q)
+    large = one - two / (exp(two * x) + one)
+    return small if abs(x) < type(x)(0.625) else large
 
 
 @jit
