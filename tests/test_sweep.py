@@ -109,9 +109,10 @@ def test_bad_sweeps_are_refused():
 
 
 def test_edge_of_chaos_quick_run(tmp_path):
+    """--quick with smaller sizes still (the README's main job is the plain --quick run)."""
     from studies import edge_of_chaos
 
-    ds = edge_of_chaos.main(["--out", str(tmp_path), "--gains", "0.5,1.5,2.5",
+    ds = edge_of_chaos.main(["--quick", "--out", str(tmp_path), "--gains", "0.5,1.5,2.5",
                              "--sigma-x", "0,1", "--units", "40", "--seeds", "2",
                              "--steps", "400", "--burn-in", "100"])
     reopened = xr.open_dataset(tmp_path / "edge_of_chaos.nc", engine="h5netcdf")
