@@ -109,7 +109,8 @@ def test_bad_sweeps_are_refused():
 
 
 def test_edge_of_chaos_quick_run(tmp_path):
-    """--quick with smaller sizes still (the README's main job is the plain --quick run)."""
+    """The --quick path with sizes overridden to take seconds (the README's main job is the
+    plain --quick run)."""
     from studies import edge_of_chaos
 
     ds = edge_of_chaos.main(["--quick", "--out", str(tmp_path), "--gains", "0.5,1.5,2.5",
