@@ -128,13 +128,28 @@ def layer_forward(cell, x, h0, c0, reverse):
     return LayerTape(cell, reverse, x, weight_ih, weight_hh, bias_hh, h0, c0, p, hs, cs)
 
 
-def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncation, grad_x):
+#: A vanilla RNN's walk saves nothing for its backward pass, which then needs a buffer
+#: for dL/d(pre-activation) as large as the saved states: it is allocated for this many
+#: groups of ensemble members in turn rather than for all at once. Members are
+#: independent and every sum keeps its order, so the results are the same bits.
+MEMBER_GROUPS = 4
+
+
+def member_groups(n_members, n_groups):
+    """Consecutive slices of at most ceil(n_members / n_groups) members."""
+    size = -(-n_members // n_groups)
+    return [slice(e, min(e + size, n_members)) for e in range(0, n_members, size)]
+
+
+def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncation, grad_x,
+                   grad_x_fresh=False):
     """Backpropagate through one layer-direction; consumes ``tape.p``.
 
     ``grad_hs`` is dL/dh_t from above, (T, E, B, H) if ``grad_time_major`` else
     (E, T, B, H), C-contiguous; ``grad_h_n``/``grad_c_n`` (E, B, H)
-    the gradients of the final state. Adds dL/dx into ``grad_x`` and returns
-    (parameter gradients as (E, ...) arrays keyed by torch's names, dL/dh0, dL/dc0).
+    the gradients of the final state. Adds dL/dx into ``grad_x`` (which holds zeros if
+    ``grad_x_fresh``) and returns (parameter gradients as (E, ...) arrays keyed by
+    torch's names, dL/dh0, dL/dc0).
     """
     dh0 = np.array(grad_h_n, dtype=tape.h0.dtype, order="C")
     dc0 = np.array(grad_c_n, dtype=tape.h0.dtype, order="C")
@@ -143,20 +158,31 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
              "bias_ih": np.zeros_like(tape.bias_hh),  # both biases are (E, G*H)
              "bias_hh": np.zeros_like(tape.bias_hh)}
     _, run_backward = recurrence_kernels(tape.weight_hh, tape.h0.shape[1])
-    if tape.p.shape[1] != tape.hs.shape[1]:  # nothing saved: room for dL/d(pre-activation)
-        tape.p = np.empty(tape.hs.shape[:3] + tape.p.shape[3:], tape.p.dtype)
-    if tape.p.shape[1]:
+    nothing_saved = tape.p.shape[1] != tape.hs.shape[1]
+    groups = member_groups(tape.hs.shape[0], MEMBER_GROUPS) if nothing_saved else [slice(None)]
+    for group, members in enumerate(groups if tape.hs.shape[1] else []):
+        if nothing_saved:  # room for dL/d(pre-activation), and this group's dL/dh_t
+            p = np.empty(tape.hs[members].shape[:3] + tape.p.shape[3:], tape.p.dtype)
+            grad = np.ascontiguousarray(grad_hs[:, members] if grad_time_major
+                                        else grad_hs[members])
+        else:
+            p, grad = tape.p, grad_hs
+        if tape.x.ndim == 3:  # x shared by the members: one dL/dx that all add into
+            x, gx, fresh = tape.x, grad_x, grad_x_fresh and group == 0
+        else:
+            x, gx, fresh = tape.x[members], grad_x[members], grad_x_fresh
         with single_threaded_blas():
-            run_backward(tape.cell.code, tape.reverse, truncation, tape.p, tape.weight_hh,
-                         tape.h0, tape.c0, tape.hs, tape.cs, grad_hs, grad_time_major, dh0,
-                         dc0)
+            run_backward(tape.cell.code, tape.reverse, truncation, p, tape.weight_hh[members],
+                         tape.h0[members], tape.c0[members], tape.hs[members],
+                         tape.cs[members], grad, grad_time_major, dh0[members], dc0[members])
         # large products get BLAS's threads; small ones are not worth waking them for
         large = run_backward is sequence_backward_gemm
         with contextlib.nullcontext() if large else single_threaded_blas():
             parameter_and_input_gradients(
-                tape.cell.code, tape.reverse, tape.x, tape.p, tape.hs, tape.h0, tape.weight_ih,
-                grad_x, grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
-                grads["bias_hh"])
+                tape.cell.code, tape.reverse, x, p, tape.hs[members], tape.h0[members],
+                tape.weight_ih[members], gx, *(grads[name][members] for name in
+                                               ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
+                grad_x_fresh=fresh)
     if not tape.cell.bias:
         del grads["bias_ih"], grads["bias_hh"]
     return grads, dh0, dc0

@@ -181,13 +181,14 @@ def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_
     grads, grad_h0, grad_c0 = {}, np.zeros_like(grad_h), np.zeros_like(grad_c)
     for l in reversed(range(net.num_layers)):
         layer_x = result.tapes[l * dirs].x
-        grad_x = np.zeros_like(layer_x)
+        grad_x = np.zeros_like(layer_x)  # T = 0 leaves it untouched: zeros
         for d in range(dirs):
             k = l * dirs + d
             grad_hs = grad_above if dirs == 1 else np.ascontiguousarray(
                 grad_above[..., d * H:(d + 1) * H])
             cell_grads, grad_h0[k], grad_c0[k] = layer_backward(
-                result.tapes[k], grad_hs, time_major, grad_h[k], grad_c[k], chunk, grad_x)
+                result.tapes[k], grad_hs, time_major, grad_h[k], grad_c[k], chunk, grad_x,
+                grad_x_fresh=d == 0)
             for name, value in cell_grads.items():
                 grads[name + net.suffix(l, d)] = value if ensemble else value[0]
         grad_above, time_major = grad_x, False

@@ -45,10 +45,13 @@ def project_inputs(x, weight_ih, bias_ih, p):
 
 @np.errstate(over="ignore", invalid="ignore")
 def parameter_and_input_gradients(cell, reverse, x, p, hs, h0, weight_ih, grad_x_accumulate,
-                                  grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh):
+                                  grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh,
+                                  grad_x_fresh=False):
     """Fill parameter gradients from the pre-activation gradients left in ``p``.
 
-    ``grad_x_accumulate`` (shape of ``x``) receives dL/dx added to what it holds.
+    ``grad_x_accumulate`` (shape of ``x``) receives dL/dx added to what it holds; with
+    ``grad_x_fresh`` it holds zeros and is written directly (the same bits, without a
+    temporary as large as x).
     """
     n_steps, n_units = p.shape[1], hs.shape[3]
     n_rows = weight_ih.shape[1]
@@ -57,8 +60,14 @@ def parameter_and_input_gradients(cell, reverse, x, p, hs, h0, weight_ih, grad_x
     np.matmul(d_in.transpose(0, 2, 1), x_rows, out=grad_weight_ih)
     np.sum(d_in, axis=1, out=grad_bias_ih)
     if x.ndim == 3:
+        grad_x_rows = grad_x_accumulate.reshape(x_rows.shape)
         for e in range(p.shape[0]):
-            grad_x_accumulate.reshape(x_rows.shape)[...] += d_in[e] @ weight_ih[e]
+            if grad_x_fresh and e == 0:
+                np.matmul(d_in[e], weight_ih[e], out=grad_x_rows)
+            else:
+                grad_x_rows += d_in[e] @ weight_ih[e]
+    elif grad_x_fresh:
+        np.matmul(d_in, weight_ih, out=_rows(grad_x_accumulate))
     else:
         _rows(grad_x_accumulate)[...] += np.matmul(d_in, weight_ih)
     if reverse:
