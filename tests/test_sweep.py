@@ -91,6 +91,10 @@ def test_local_cluster_gives_bitwise_the_in_process_result_even_when_a_worker_di
     in_process = toy_sweep().run(progress=False)
     on_cluster = toy_sweep().run(workers=2, progress=False)
     assert_identical(in_process, on_cluster)
+    from analysis.sweep import local_cluster
+    with local_cluster(2) as cluster:  # a running cluster, reached by its address
+        by_address = toy_sweep().run(scheduler=cluster.scheduler_address, progress=False)
+    assert_identical(in_process, by_address)
     marker = str(tmp_path / "crashed")
     survived = toy_sweep(crash_marker=marker, crash_chunk=3).run(workers=2, progress=False)
     assert os.path.exists(marker)  # chunk 1 (points 3-5) killed its worker once
