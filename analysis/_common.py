@@ -57,9 +57,10 @@ def item_dims(cell):
     return ("member", "batch") if cell.ensemble_size is not None else ("batch",)
 
 
-def drop_member(array, cell):
-    """An (E, B, ...) array as the user sees it: without E for a single network."""
-    return array if cell.ensemble_size is not None else array[0]
+def drop_member(array, cell, axis=0):
+    """An array with the member axis E (``axis``) as the user sees it: without E for a
+    single network."""
+    return array if cell.ensemble_size is not None else np.take(array, 0, axis=axis)
 
 
 def provenance(function, config, dtype, seed=None, backend="cpu"):

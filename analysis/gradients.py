@@ -20,6 +20,8 @@ steps neither under- nor overflow.
 >>> bool(np.allclose(rate, np.log(rho), atol=0.02))
 True
 """
+import functools
+
 import numpy as np
 import xarray as xr
 
@@ -50,6 +52,17 @@ def e_folding_lag(log_values, lags):
     fallen = log_values <= log_values[..., :1] - 1.0
     first = np.argmax(fallen, axis=-1)
     return np.where(fallen.any(-1), lags[first], np.nan)
+
+
+def _check_fit_lags(fit_lags):
+    """(first, last): two integers with 0 <= first <= last."""
+    try:
+        first, last = fit_lags
+    except (TypeError, ValueError):
+        raise ValueError(f"fit_lags must be a pair (first, last) of lags, got {fit_lags!r}") from None
+    first = check_positive_int("fit_lags[0]", first, minimum=0)
+    last = check_positive_int("fit_lags[1]", last, minimum=first)
+    return first, last
 
 
 def default_loss_gradient(tape):
@@ -98,7 +111,7 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
     ``([member,] batch)``, true where the trajectory or a product stopped being finite.
     """
     cell, tape = trajectory(model, x, h0, dtype, drive)
-    E, T, B, H = tape.hs.shape
+    E, T, B, _ = tape.hs.shape
     if T == 0:
         raise ValueError("x must have at least one step to measure gradients against lag")
     max_lag = T if max_lag is None else check_positive_int("max_lag", max_lag, minimum=0)
@@ -124,13 +137,13 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
                           logs[2], unit_block_size(S, E * B))
     else:
         logs[2] = adjoint_log_norms(tape, v, max_lag)
-    first, last = (max_lag // 2, max_lag) if fit_lags is None else fit_lags
+    first, last = (max_lag // 2, max_lag) if fit_lags is None else _check_fit_lags(fit_lags)
     in_fit = (lags >= first) & (lags <= last)
     rate = fit_log_slope(np.where(in_fit, logs, np.nan), lags)
     drop = e_folding_lag(logs, lags)
     diverged = ~np.isfinite(tape.hs).all(axis=(1, 3)) | np.isnan(logs[2]).any(-1)
     norm_dims = ("norm",) + item_dims(cell)
-    member = (lambda a: a) if cell.ensemble_size is not None else (lambda a: a[:, 0])
+    member = functools.partial(drop_member, cell=cell, axis=1)  # logs are (norm, E, B, ...)
     config = {"steps": T, "max_lag": max_lag, "spectral": spectral, "products": products,
               "input": "drive" if drive is not None else "x",
               "fit_lags": [int(first), int(last)], "grad_final": "default" if grad_final is None else "given"}

@@ -53,20 +53,21 @@ def _inputs(cell, x, drive, steps, batch, dtype):
     return np.ascontiguousarray(member_major_x), additive, T, x.shape[-2]
 
 
-def _initial(cell, h0, batch, n_vectors, seed, dtype, identity):
+def _initial(cell, h0, batch, n_vectors, seed, dtype, identity=False, random_states=True):
     """States (E, B, H), (E, B, H or 0) and orthonormal tangents (E, B, S, k).
 
     As in ``dynamics.init.draw``, a single network draws from ``SeedSequence(seed)`` and
     ensemble member e from its child e (so member e's result is that of a single network
     given that child as seed), states from the sequence's child 0, tangents from child 1:
-    h0 ~ N(0, 1) per unit (c0 too for an LSTM) unless given, and random orthonormal
+    h0 ~ N(0, 1) per unit (c0 too for an LSTM) unless given or ``random_states`` is
+    False (then zeros, as ``dynamics.forward``'s default), and random orthonormal
     tangents (QR of a Gaussian matrix) unless ``identity`` (the first k unit vectors).
     """
     E, H, S = cell.ensemble_size or 1, cell.hidden_size, state_size(cell)
     root = seed_sequence(seed)
     members = root.spawn(E) if cell.ensemble_size is not None else [root]
     streams = [[np.random.default_rng(s) for s in member.spawn(2)] for member in members]
-    if h0 is None:
+    if h0 is None and random_states:
         h = np.stack([states.normal(size=(batch, H)) for states, _ in streams]).astype(dtype)
         c = (np.stack([states.normal(size=(batch, H)) for states, _ in streams]).astype(dtype)
              if cell.kind == "lstm" else np.zeros((E, batch, 0), dtype))
@@ -166,7 +167,7 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
     if (steps - burn_in) // interval < 1:
         raise ValueError(f"need at least one interval of {interval} steps after the burn-in "
                          f"of {burn_in}, got {steps} steps")
-    h, c, q = _initial(cell, h0, batch, n_vectors, seed, dtype, identity=False)
+    h, c, q = _initial(cell, h0, batch, n_vectors, seed, dtype)
     keep = 0
     if gradient_lags is not None:
         keep = check_positive_int("gradient_lags", gradient_lags)
@@ -237,8 +238,8 @@ def log_singular_values(model, x, h0=None, n_values=None, interval=1, dtype=np.f
     interval = check_positive_int("interval", interval)
     if steps % interval:
         raise ValueError(f"interval must divide the number of steps {steps}, got {interval}")
-    h, c, q = _initial(cell, h0 if h0 is not None else _zeros(cell, batch, dtype), batch,
-                       n_vectors, 0, dtype, identity=True)
+    h, c, q = _initial(cell, h0, batch, n_vectors, 0, dtype, identity=True,
+                       random_states=False)
     log_r, diverged, _ = _walk(cell.astype(dtype), inputs, additive, steps, 0, interval, h, c,
                                q, dtype)
     total = np.where(diverged[..., None], np.nan, log_r.sum(axis=2))
@@ -248,9 +249,3 @@ def log_singular_values(model, x, h0=None, n_values=None, interval=1, dtype=np.f
                                **provenance("log_singular_values",
                                             {"steps": steps, "interval": interval}, dtype)})
 
-
-def _zeros(cell, batch, dtype):
-    """Zero initial states in ``dynamics.forward``'s layout (its default)."""
-    shape = (1,) + ((cell.ensemble_size,) if cell.ensemble_size else ()) + (batch, cell.hidden_size)
-    zeros = np.zeros(shape, dtype)
-    return (zeros, zeros) if cell.kind == "lstm" else zeros

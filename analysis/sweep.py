@@ -106,6 +106,9 @@ class Sweep:
             if values.ndim != 1 or values.size == 0:
                 raise ValueError(f"grid coordinate {dim!r} must be a non-empty 1-D sequence, "
                                  f"got shape {values.shape}")
+        if not self.outputs or not all(isinstance(o, Output) for o in self.outputs.values()):
+            raise ValueError("outputs must map each result's name to an analysis.sweep.Output, "
+                             f"got {self.outputs!r}")
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
 

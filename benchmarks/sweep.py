@@ -18,6 +18,7 @@ Run from the repository root::
 3. overhead: points that take 1 s (a sleep), in-process and on 2 workers (clusters
    started beforehand): wall time against the ideal.
 """
+import functools
 import tempfile
 import time
 
@@ -90,8 +91,6 @@ def peer_chunk(points, seeds, *, units, steps, burn_in, base_seed, xp):
 
 
 def peer_sweep(config, xp):
-    import functools
-
     compute = functools.partial(peer_chunk, units=config["units"], steps=config["steps"],
                                 burn_in=config["burn_in"], base_seed=0, xp=xp)
     return Sweep("peer", {"sigma_x": config["sigma_x"], "gain": config["gains"],

@@ -35,13 +35,14 @@ MIN_UNIT_BLOCK = 64
 
 
 def unit_block_size(n_units, n_items=1):
-    """Units per block for numba's current thread count: whole sequences when there are
-    at least as many as threads, else each split across the threads."""
+    """Units (or adjoint rows) per block for numba's current thread count: whole
+    sequences when there are at least as many as threads, else each split across them."""
     threads = numba.get_num_threads()
     if n_items >= threads:
         return n_units
     size = max(MIN_UNIT_BLOCK, -(-n_units // (threads // n_items)))
     return (size + 7) // 8 * 8
+
 
 @jit
 def _step_inputs(p, hs, cs, h0, c0, e, t, b):
@@ -164,10 +165,11 @@ def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_
         for item in prange(n_items):
             e = item // batch
             b = item % batch
-            if not done[e, b]:
-                done[e, b] = not _record_lag(here[e, b], v[e, b], spectral,
-                                             scale[e:e + 1, b], lag, log_frobenius[e, b],
-                                             log_spectral[e, b], log_adjoint[e, b])
+            # (done is written only when it changes: items share its cache line)
+            if not (done[e, b] or _record_lag(here[e, b], v[e, b], spectral,
+                                              scale[e:e + 1, b], lag, log_frobenius[e, b],
+                                              log_spectral[e, b], log_adjoint[e, b])):
+                done[e, b] = True
 
 
 @jit

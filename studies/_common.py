@@ -8,6 +8,8 @@ import pathlib
 
 import numpy as np
 
+from analysis.sweep import save_netcdf
+
 
 def parse_grid(text):
     """'a,b,c' or 'start:stop:num' -> array of floats.
@@ -51,6 +53,6 @@ def save(dataset, figure, out, name):
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     netcdf, png = out / f"{name}.nc", out / f"{name}.png"
-    dataset.to_netcdf(netcdf, engine="h5netcdf")
+    save_netcdf(dataset, netcdf)
     figure.savefig(png, dpi=120, bbox_inches="tight")
     return netcdf, png

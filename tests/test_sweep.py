@@ -105,7 +105,9 @@ def test_bad_sweeps_are_refused():
     with pytest.raises(ValueError, match="non-empty 1-D"):
         Sweep("x", {"a": []}, None, {})
     with pytest.raises(ValueError, match="chunk_size"):
-        Sweep("x", {"a": [1]}, None, {}, chunk_size=0)
+        Sweep("x", {"a": [1]}, None, toy_sweep().outputs, chunk_size=0)
+    with pytest.raises(ValueError, match="outputs must map"):
+        Sweep("x", {"a": [1]}, None, {"y": "not an Output"})
     with pytest.raises(ValueError, match="returned no 'draw'"):
         Sweep("x", {"a": [1.0]}, lambda p, s: {}, toy_sweep().outputs).run(progress=False)
     with pytest.raises(ValueError, match="one of client, scheduler and workers"):
