@@ -6,6 +6,31 @@ from dynamics.validation import check_choice
 INPUT_KEYS = ("x", "h0", "c0")
 
 
+def _parameter_gradients(grads):
+    params = [np.asarray(g) for k, g in grads.items() if k not in INPUT_KEYS]
+    if not params:
+        raise ValueError("grads holds no parameter gradients")
+    return params
+
+
+def grad_norm(grads, norm_type=2.0, ensemble=False):
+    """The joint ``norm_type``-norm of the parameter gradients in ``grads`` (the input
+    gradients ``x``, ``h0``, ``c0`` excluded); per member, (E,), with ``ensemble=True``.
+
+    >>> import numpy as np
+    >>> float(grad_norm({"weight_hh_l0": np.full((2, 2), 3.0), "x": np.ones(5)}))
+    6.0
+    """
+    norm_type = float(check_choice("norm_type", float(norm_type), (1.0, 2.0, float("inf"))))
+    params = _parameter_gradients(grads)
+    axes = (lambda g: tuple(range(1, g.ndim))) if ensemble else (lambda g: None)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if norm_type == float("inf"):
+            return np.max([np.max(np.abs(g), axis=axes(g)) for g in params], axis=0)
+        return np.sum([np.sum(np.abs(g) ** norm_type, axis=axes(g)) for g in params],
+                      axis=0) ** (1.0 / norm_type)
+
+
 def clip_grad_norm(grads, max_norm, norm_type=2.0, ensemble=False):
     """Scale the parameter gradients in ``grads`` in place so their joint norm <= max_norm.
 
@@ -21,19 +46,10 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, ensemble=False):
     >>> float(clip_grad_norm(g, 1.0)), round(float(np.linalg.norm(g["weight_hh_l0"])), 5)
     (6.0, 1.0)
     """
-    norm_type = float(check_choice("norm_type", float(norm_type), (1.0, 2.0, float("inf"))))
     max_norm = float(max_norm)
     if not max_norm > 0:
         raise ValueError(f"max_norm must be positive, got {max_norm}")
-    params = [np.asarray(g) for k, g in grads.items() if k not in INPUT_KEYS]
-    if not params:
-        raise ValueError("grads holds no parameter gradients")
-    axes = (lambda g: tuple(range(1, g.ndim))) if ensemble else (lambda g: None)
-    if norm_type == float("inf"):
-        total = np.max([np.max(np.abs(g), axis=axes(g)) for g in params], axis=0)
-    else:
-        total = np.sum([np.sum(np.abs(g) ** norm_type, axis=axes(g)) for g in params],
-                       axis=0) ** (1.0 / norm_type)
+    total = grad_norm(grads, norm_type, ensemble)
     scale = np.minimum(1.0, max_norm / (total + 1e-6))
     for key, g in grads.items():
         if key not in INPUT_KEYS:

@@ -155,10 +155,33 @@ def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_
     >>> sorted(g)
     ['bias_hh_l0', 'bias_ih_l0', 'h0', 'weight_hh_l0', 'weight_ih_l0', 'x']
     """
+    return backward(model, forward(model, x, h0, backend), grad_output, truncation,
+                    grad_h_n, grad_c_n)
+
+
+def backward(model, result, grad_output, truncation=None, grad_h_n=None, grad_c_n=None):
+    """``bptt`` from a ``forward`` result: the gradients of ``L = sum(grad_output *
+    result.output) [+ sum(grad_h_n * h_n) + ...]``, same arguments and returns.
+
+    For loops that need the output before they know ``grad_output`` (training: the loss
+    gradient comes from the output). The backward pass consumes what the forward pass
+    kept, so each result can be backpropagated once.
+
+    >>> import numpy as np, dynamics
+    >>> gru = dynamics.GRU.init(2, 3, seed=0)
+    >>> x = np.ones((4, 1, 2))
+    >>> result = dynamics.forward(gru, x)
+    >>> g = dynamics.backward(gru, result, 2 * result.output)   # L = sum(output ** 2)
+    >>> bool(np.allclose(g["x"], dynamics.bptt(gru, x, 2 * result.output)["x"]))
+    True
+    """
+    if result.tapes is None:
+        raise ValueError("this ForwardResult was already backpropagated; run forward again")
     if truncation is not None:
         truncation = check_positive_int("truncation", truncation)
-    result = forward(model, x, h0, backend)
     net = as_network(model)
+    if [tape.cell for tape in result.tapes] != [cell for *_, cell in net.named_cells()]:
+        raise ValueError("result must come from dynamics.forward of this same model")
     ensemble = net.ensemble_size is not None
     dtype = result.output.dtype
     grad_output = check_shape("grad_output", check_float_array("grad_output", grad_output),
@@ -192,6 +215,7 @@ def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_
             for name, value in cell_grads.items():
                 grads[name + net.suffix(l, d)] = value if ensemble else value[0]
         grad_above, time_major = grad_x, False
+    result.tapes = None  # the backward pass overwrote the saved pre-activations
     if layer_x.ndim == 4:
         grads["x"] = grad_above.transpose(1, 0, 2, 3) if ensemble else grad_above[0]
     else:

@@ -216,3 +216,31 @@ def relative_error(got, expected, tiny=1e-300):
     if expected.size == 0:
         return 0.0
     return float(np.max(np.abs(got - expected)) / max(float(np.max(np.abs(expected))), tiny))
+
+
+# -- optimisers, as the papers write them (Polyak momentum as torch; Kingma & Ba 2015) --
+
+def sgd_steps(parameter, grads, lr, momentum=0.0, dampening=0.0, nesterov=False,
+              weight_decay=0.0):
+    """``parameter`` after one SGD step per gradient in ``grads``, in float64."""
+    p, buffer = _f64(parameter).copy(), None
+    for step, g in enumerate(grads):
+        d = _f64(g) + weight_decay * p
+        if momentum:
+            buffer = d.copy() if step == 0 else momentum * buffer + (1 - dampening) * d
+            d = d + momentum * buffer if nesterov else buffer
+        p = p - lr * d
+    return p
+
+
+def adam_steps(parameter, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    """``parameter`` after one Adam step per gradient in ``grads``, in float64."""
+    p = _f64(parameter).copy()
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        d = _f64(g) + weight_decay * p
+        m = betas[0] * m + (1 - betas[0]) * d
+        v = betas[1] * v + (1 - betas[1]) * d * d
+        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+        p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return p
