@@ -39,6 +39,21 @@ def study_parser(description, name):
     return parser
 
 
+def chosen_sizes(args, quick, full):
+    """The study's sizes: ``quick`` or ``full`` defaults, overridden by given options.
+
+    >>> import argparse
+    >>> chosen_sizes(argparse.Namespace(quick=True, units=8, seeds=None), dict(units=4,
+    ...              seeds=2), dict(units=64, seeds=4))
+    {'units': 8, 'seeds': 2}
+    """
+    sizes = dict(quick if args.quick else full)
+    for key in sizes:
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    return sizes
+
+
 def check_attrs(dataset):
     """Refuse a dataset whose variables or coordinates lack ``long_name`` or ``units``."""
     missing = [name for name, variable in {**dataset.data_vars, **dataset.coords}.items()

@@ -31,7 +31,7 @@ import dynamics
 from analysis import meanfield
 from analysis._common import attrs
 from analysis.sweep import Output, Sweep
-from studies._common import parse_grid, save, study_parser
+from studies._common import chosen_sizes, parse_grid, save, study_parser
 
 NAME = "edge_of_chaos"
 CELLS = {"rnn_tanh": ("tanh", 1), "rnn_relu": ("relu", 1), "lstm": (None, 4), "gru": (None, 3)}
@@ -204,10 +204,7 @@ def main(argv=None):
     parser.add_argument("--scheduler", help="run on a dask cluster, e.g. tcp://host:8786")
     parser.add_argument("--store", help="zarr store of the sweep (default DIR/edge_of_chaos.zarr)")
     args = parser.parse_args(argv)
-    sizes = dict(QUICK if args.quick else FULL)
-    for key in sizes:
-        if getattr(args, key) is not None:
-            sizes[key] = getattr(args, key)
+    sizes = chosen_sizes(args, QUICK, FULL)
     for key in ("units", "seeds", "steps"):
         if sizes[key] < 1:
             parser.error(f"--{key} must be at least 1, got {sizes[key]}")

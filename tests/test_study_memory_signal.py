@@ -9,6 +9,7 @@ import xarray as xr
 import dynamics
 
 from studies import memory_signal as study
+from studies._common import check_attrs
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +24,7 @@ def test_quick_run_writes_dataset_and_figure(quick):
     assert (out / "memory_signal.png").stat().st_size > 0
     with xr.open_dataset(out / "memory_signal.nc", engine="h5netcdf") as ds:
         ds.load()
-    for name, variable in {**ds.data_vars, **ds.coords}.items():
-        assert variable.attrs.get("long_name"), name
-        assert variable.attrs.get("units"), name
+    check_attrs(ds)  # long_name and units on every variable and coordinate
     assert ds.state_signal.dims == ("cell", "seq_len", "seed")
     assert ds.gradient_signal.dims == ("cell", "seq_len", "seed")
     assert ds.state_half_life.dims == ("cell",)
