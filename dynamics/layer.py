@@ -3,7 +3,6 @@
 Everything here works on validated, member-major arrays (see ``kernels.sequence``);
 ``dynamics.propagation`` converts from and to the user's time-major layout.
 """
-import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -15,13 +14,15 @@ from kernels.projections import parameter_and_input_gradients, project_inputs
 from kernels.sequence import (sequence_backward, sequence_backward_gemm, sequence_forward,
                               sequence_forward_gemm)
 
-#: The BLAS recurrence (blocks of batch rows, one product per step) is used when one
+#: The batched recurrence (blocks of batch rows, one product per step) is used when one
 #: member's W_hh is at least this large (it no longer stays in a core's L1 across steps)
 #: and the batch at least ``GEMM_MIN_BATCH``; below, each sequence walks through time on
 #: its own with its weights in cache. The choice depends on shapes only, never on the
 #: thread count, so results stay bitwise reproducible.
 #: Tuned on a 2-core Zen 4 (48 KiB L1, 1 MiB L2 per core), B = 32: the walk wins for a
-#: 16 KiB W_hh (tanh RNN, H = 64), the BLAS path from 64 KiB (tanh H = 128, LSTM H = 64).
+#: 16 KiB W_hh (tanh RNN, H = 64), the batched path from 64 KiB (tanh H = 128, LSTM
+#: H = 64). (With the register-blocked product of ``kernels.cells`` the batched path is
+#: about as fast below 64 KiB too, but the walk of a vanilla RNN saves nothing per step.)
 GEMM_MIN_WEIGHT_BYTES = 64 << 10
 GEMM_MIN_BATCH = 8
 
@@ -47,7 +48,9 @@ def single_threaded_blas():
     Needed around numba-parallel kernels: a multi-threaded OpenBLAS called from inside
     numba's OpenMP workers corrupts its results ("Detect OpenMP Loop"), and BLAS's own
     threads, still spinning after a product, fight numba's for the cores (measured:
-    8 ms instead of 0.14 ms for a small LSTM on 2 cores).
+    8 ms instead of 0.14 ms for a small LSTM on 2 cores). So every product of a layer
+    runs inside numba's items on single-threaded BLAS (``kernels.projections``), and no
+    BLAS thread pool ever runs beside numba's.
     """
     return _blas_controller().limit(limits=1, user_api="blas")
 
@@ -110,15 +113,15 @@ def layer_forward(cell, x, h0, c0, reverse):
     hs = np.empty((n_members, n_steps, batch, hidden), dtype)
     cs = np.empty((n_members, n_steps, batch, cell_width), dtype)
     run_forward, _ = recurrence_kernels(weight_hh, batch)
-    blas_path = run_forward is sequence_forward_gemm
-    keep = blas_path or cell.code in (LSTM, GRU)  # a vanilla RNN's walk saves nothing
+    batched = run_forward is sequence_forward_gemm
+    keep = batched or cell.code in (LSTM, GRU)  # a vanilla RNN's walk saves nothing
     p = np.empty((n_members, n_steps if keep else 0, batch, saved_width(cell.code, hidden)),
                  dtype)
     if n_steps:
         w_hh_t = np.ascontiguousarray(weight_hh.transpose(0, 2, 1))
-        if blas_path:
-            project_inputs(x, weight_ih, bias_ih, p)  # one large product: BLAS's threads
+        if batched:
             with single_threaded_blas():
+                project_inputs(x, weight_ih, bias_ih, p)
                 run_forward(cell.code, reverse, p, w_hh_t, bias_hh, h0, c0, hs, cs)
         else:
             w_ih_t = np.ascontiguousarray(weight_ih.transpose(0, 2, 1))
@@ -175,9 +178,6 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
             run_backward(tape.cell.code, tape.reverse, truncation, p, tape.weight_hh[members],
                          tape.h0[members], tape.c0[members], tape.hs[members],
                          tape.cs[members], grad, grad_time_major, dh0[members], dc0[members])
-        # large products get BLAS's threads; small ones are not worth waking them for
-        large = run_backward is sequence_backward_gemm
-        with contextlib.nullcontext() if large else single_threaded_blas():
             parameter_and_input_gradients(
                 tape.cell.code, tape.reverse, x, p, tape.hs[members], tape.h0[members],
                 tape.weight_ih[members], gx, *(grads[name][members] for name in

@@ -7,11 +7,12 @@ strategies, chosen by ``dynamics.layer.recurrence_kernels`` from shapes alone:
   (member e, batch element b); items run in parallel (``prange``) and each walks
   through time on its own, with its member's weights in cache for all T steps and the
   input projection computed on the way;
-- the BLAS recurrence (``*_gemm``): one work item is a fixed block of batch rows of one
-  member, with one single-threaded BLAS product per step.
+- the batched recurrence (``*_gemm``): one work item is a fixed block of batch rows of
+  one member, with one small register-blocked matrix product per step
+  (``kernels.cells.accumulate_rows_batch``: the weights are read once per four rows).
 
 Either way no floating-point sum is split across threads, so results are bitwise
-identical for any number of threads. Parameter and input gradients (and the BLAS
+identical for any number of threads. Parameter and input gradients (and the batched
 path's input projections) are matrix products over all steps at once, done by BLAS in
 ``kernels.projections``.
 
@@ -27,7 +28,8 @@ import numpy as np
 from numba import prange
 
 from kernels._jit import jit
-from kernels.cells import cell_backward, cell_forward, recurrent_matvec, transposed_matvec
+from kernels.cells import (accumulate_rows_batch, cell_backward, cell_forward, recurrent_matvec,
+                           transposed_matvec)
 
 
 @jit
@@ -112,8 +114,8 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
         dc0[e, b] = dc
 
 
-#: Batch rows per work item of the BLAS recurrence. Fixed, so that each row's
-#: arithmetic (BLAS's included) does not depend on the number of threads.
+#: Batch rows per work item of the batched recurrence. Fixed, so that the work items do
+#: not depend on the number of threads.
 GEMM_ROWS = 16
 
 
@@ -127,11 +129,12 @@ def batch_block(item, batch):
 
 
 @jit
-def _step_forward_batch(cell, p, ph, b_hh, h_prev, c_prev, h, c):
-    """``cell_forward`` for a block of batch rows of one step, given ph = h_prev W_hh^T."""
+def _step_forward_batch(cell, p, ph, w_hh_t, b_hh, h_prev, c_prev, h, c):
+    """One step for a block of batch rows: ph = b_hh + h_prev W_hh^T, then the cell."""
     for b in range(p.shape[0]):
-        for i in range(ph.shape[1]):
-            ph[b, i] += b_hh[i]
+        ph[b] = b_hh
+    accumulate_rows_batch(w_hh_t, h_prev, ph)
+    for b in range(p.shape[0]):
         cell_forward(cell, p[b], ph[b], h_prev[b], c_prev[b], h[b], c[b])
 
 
@@ -149,9 +152,10 @@ def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_
 def sequence_forward_gemm(cell, reverse, p, w_hh_t, b_hh, h0, c0, hs, cs):
     """``sequence_forward`` for large weights: each work item is a block of up to
     ``GEMM_ROWS`` sequences of one member, and each step's recurrent product for the
-    block is one BLAS call (B_block, H) x (H, G*H), reading the weights once per block
-    instead of once per sequence. Items walk through time independently (no per-step
-    synchronisation); call with BLAS single-threaded, numba's threads run the items.
+    block is one product (B_block, H) x (H, G*H) that reads the weights once per four
+    sequences instead of once per sequence, with every sum in the walk's order (the
+    same bits as ``sequence_forward`` given the same input projections). Items walk
+    through time independently (no per-step synchronisation).
     On entry ``p[..., :G*H]`` holds W_ih x_t + b_ih (``kernels.projections``).
     """
     n_members, n_steps, batch, _ = p.shape
@@ -162,8 +166,7 @@ def sequence_forward_gemm(cell, reverse, p, w_hh_t, b_hh, h0, c0, hs, cs):
         c_prev = c0[e, b0:b1]
         for s in range(n_steps):
             t = time_index(s, n_steps, reverse)
-            np.dot(h_prev, w_hh_t[e], ph)
-            _step_forward_batch(cell, p[e, t, b0:b1], ph, b_hh[e], h_prev, c_prev,
+            _step_forward_batch(cell, p[e, t, b0:b1], ph, w_hh_t[e], b_hh[e], h_prev, c_prev,
                                 hs[e, t, b0:b1], cs[e, t, b0:b1])
             h_prev = hs[e, t, b0:b1]
             c_prev = cs[e, t, b0:b1]
@@ -172,14 +175,13 @@ def sequence_forward_gemm(cell, reverse, p, w_hh_t, b_hh, h0, c0, hs, cs):
 @jit(parallel=True)
 def sequence_backward_gemm(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_hs,
                            grad_time_major, dh0, dc0):
-    """``sequence_backward`` in blocks of batch rows, dh_prev = dph W_hh by BLAS."""
+    """``sequence_backward`` in blocks of batch rows, dh_prev += dph W_hh as one product."""
     n_members, n_steps, batch, _ = p.shape
     n_units = hs.shape[3]
     for item in prange(n_members * ((batch + GEMM_ROWS - 1) // GEMM_ROWS)):
         e, b0, b1 = batch_block(item, batch)
         dph = np.empty((b1 - b0, w_hh.shape[1]), p.dtype)
         dh_prev = np.empty((b1 - b0, n_units), p.dtype)
-        through_w = np.empty((b1 - b0, n_units), p.dtype)
         dh = dh0[e, b0:b1].copy()
         dc = dc0[e, b0:b1].copy()
         for s in range(n_steps - 1, -1, -1):
@@ -198,7 +200,7 @@ def sequence_backward_gemm(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, g
                 dh[:] = 0.0
                 dc[:] = 0.0
             else:
-                np.dot(dph, w_hh[e], through_w)
-                dh[:] = dh_prev + through_w
+                accumulate_rows_batch(w_hh[e], dph, dh_prev)
+                dh[:] = dh_prev
         dh0[e, b0:b1] = dh
         dc0[e, b0:b1] = dc
