@@ -93,70 +93,76 @@ def weight_gradients(cell, reverse, x, p, hs, h0, grad_weight_ih, grad_bias_ih, 
     grad_weight_ih = sum d_in x^T, grad_bias_ih = sum d_in, grad_weight_hh = sum d_hid
     h_prev^T, grad_bias_hh = sum d_hid, where d_in = dL/d(W_ih x + b_ih) (``p[..., :G*H]``),
     d_hid = dL/d(W_hh h + b_hh) (the same but for GRU) and h_prev the state before the
-    row's step (h0 at the first processed step). The outputs must hold zeros.
+    row's step (h0 at the first processed step). The input and the hidden side are
+    separate work items, so that even one network in one group keeps two threads busy.
+    The outputs must hold zeros.
     """
     n_members, n_rows, _ = p.shape
     n_groups = grad_weight_ih.shape[1]
-    batch = h0.shape[1]
     per_group = (n_rows + n_groups - 1) // n_groups
-    # rows whose previous state is a row of hs (at offset -batch, or +batch in reverse)
-    first_step = n_rows - batch if reverse else 0
-    for item in prange(n_members * n_groups):
-        e = item // n_groups
-        group = item - e * n_groups
+    for item in prange(n_members * n_groups * 2):
+        e = item // (2 * n_groups)
+        group = (item // 2) % n_groups
         r0, r1 = group * per_group, min((group + 1) * per_group, n_rows)
         if r0 >= r1:
             continue
-        xe = x[0 if x.shape[0] == 1 else e]
-        gw_ih, gb_ih = grad_weight_ih[e, group], grad_bias_ih[e, group]
-        gw_hh, gb_hh = grad_weight_hh[e, group], grad_bias_hh[e, group]
-        # rows of the first processed step, whose previous state is h0, on their own
-        s0, s1 = max(r0, first_step), min(r1, first_step + batch)
-        if cell == GRU:
-            _weight_gradients_gathered(p, hs, h0, xe, e, r0, r1, s0, s1, reverse, gw_ih, gb_ih,
-                                       gw_hh, gb_hh)
-            continue
-        d = p[e, r0:r1]  # the full rows: d_in = d_hid
-        np.dot(d.T, xe[r0:r1], gw_ih)
-        _add_column_sums(d, gb_ih)
-        gb_hh[:] = gb_ih
-        # the rest lies on one side of the first step (groups span at least a step)
-        m0, m1 = (r0, r1) if s1 <= s0 else (r0, s0) if s0 > r0 else (s1, r1)
-        shift = batch if reverse else -batch
-        if m1 > m0:
-            np.dot(p[e, m0:m1].T, hs[e, m0 + shift:m1 + shift], gw_hh)
-        if s1 > s0:
-            _add_outer_products(p[e, s0:s1], h0[e, s0 - first_step:s1 - first_step], gw_hh)
+        if item % 2 == 0:
+            _input_side(cell, p, x[0 if x.shape[0] == 1 else e], e, r0, r1,
+                        grad_weight_ih[e, group], grad_bias_ih[e, group])
+        else:
+            _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, grad_weight_hh[e, group],
+                         grad_bias_hh[e, group])
 
 
 @jit
-def _weight_gradients_gathered(p, hs, h0, xe, e, r0, r1, s0, s1, reverse, gw_ih, gb_ih, gw_hh,
-                               gb_hh):
-    """``weight_gradients`` for one row range of a GRU, whose input and hidden
-    gradients are not contiguous in ``p``: gathered in chunks of ``CHUNK_ROWS``."""
-    n_out, n_units, batch = gw_ih.shape[0], hs.shape[2], h0.shape[1]
+def _input_side(cell, p, xe, e, r0, r1, gw, gb):
+    """gw = sum over rows r0:r1 of d_in x^T, gb = sum of d_in (member e)."""
+    if cell != GRU:  # d_in is the full row of p
+        d = p[e, r0:r1]
+        np.dot(d.T, xe[r0:r1], gw)
+        _add_column_sums(d, gb)
+        return
+    n_out = gw.shape[0]  # GRU: the first 3H of 4H columns, gathered chunk by chunk
     d_in = np.empty((CHUNK_ROWS, n_out), p.dtype)
-    d_hid = np.empty((CHUNK_ROWS, n_out), p.dtype)
-    h_prev = np.empty((CHUNK_ROWS, n_units), p.dtype)
-    product_ih = np.empty(gw_ih.shape, p.dtype)
-    product_hh = np.empty(gw_hh.shape, p.dtype)
+    product = np.empty(gw.shape, p.dtype)
     for c0 in range(r0, r1, CHUNK_ROWS):
         c1 = min(c0 + CHUNK_ROWS, r1)
-        n = c1 - c0
-        for r in range(n):
+        for r in range(c1 - c0):
+            d_in[r] = p[e, c0 + r, :n_out]
+        np.dot(d_in[:c1 - c0].T, xe[c0:c1], product)
+        gw += product
+        _add_column_sums(d_in[:c1 - c0], gb)
+
+
+@jit
+def _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, gw, gb):
+    """gw = sum over rows r0:r1 of d_hid h_prev^T, gb = sum of d_hid (member e)."""
+    batch, n_rows = h0.shape[1], p.shape[1]
+    shift = batch if reverse else -batch  # where a row's previous state is in hs...
+    first_step = n_rows - batch if reverse else 0  # ...except at the first step: h0
+    s0, s1 = max(r0, first_step), min(r1, first_step + batch)
+    if cell != GRU:  # d_hid is the full row of p
+        # the rows after the first step lie on one side of it (groups span >= a step)
+        m0, m1 = (r0, r1) if s1 <= s0 else (r0, s0) if s0 > r0 else (s1, r1)
+        if m1 > m0:
+            np.dot(p[e, m0:m1].T, hs[e, m0 + shift:m1 + shift], gw)
+        if s1 > s0:
+            _add_outer_products(p[e, s0:s1], h0[e, s0 - first_step:s1 - first_step], gw)
+        _add_column_sums(p[e, r0:r1], gb)
+        return
+    n_out, n_units = gw.shape  # GRU: r, z and n's hidden part, gathered chunk by chunk
+    d_hid = np.empty((CHUNK_ROWS, n_out), p.dtype)
+    h_prev = np.empty((CHUNK_ROWS, n_units), p.dtype)
+    product = np.empty(gw.shape, p.dtype)
+    for c0 in range(r0, r1, CHUNK_ROWS):
+        c1 = min(c0 + CHUNK_ROWS, r1)
+        for r in range(c1 - c0):
             row = c0 + r
-            d_in[r] = p[e, row, :n_out]
-            if s0 <= row < s1:
-                h_prev[r] = h0[e, row % batch]
-            else:
-                h_prev[r] = hs[e, row + batch if reverse else row - batch]
+            h_prev[r] = h0[e, row - first_step] if s0 <= row < s1 else hs[e, row + shift]
         _hidden_columns(p, e, c0, c1, d_hid)
-        np.dot(d_in[:n].T, xe[c0:c1], product_ih)
-        np.dot(d_hid[:n].T, h_prev[:n], product_hh)
-        gw_ih += product_ih
-        gw_hh += product_hh
-        _add_column_sums(d_in[:n], gb_ih)
-        _add_column_sums(d_hid[:n], gb_hh)
+        np.dot(d_hid[:c1 - c0].T, h_prev[:c1 - c0], product)
+        gw += product
+        _add_column_sums(d_hid[:c1 - c0], gb)
 
 
 @jit(parallel=True)
