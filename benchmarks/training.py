@@ -106,8 +106,8 @@ def torch_bmm(cell, units, ensemble, dtype, batches):
         T, B, _ = x.shape
         h = torch.zeros(E, B, H, dtype=kind)
         c = torch.zeros(E, B, H, dtype=kind)
-        projected = torch.matmul(x.unsqueeze(1), w_ih) + b  # (T, E, B, G*H)
-        for t in range(T):
+        projected = (torch.matmul(x.unsqueeze(1), w_ih) + b).unbind(0)  # T x (E, B, G*H)
+        for t in range(T):  # (unbind: indexing projected[t] costs O(T) each in backward)
             a = torch.baddbmm(projected[t], h, w_hh)
             if cell == "lstm":
                 i, f, g, o = a.chunk(4, dim=-1)
