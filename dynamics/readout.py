@@ -52,9 +52,6 @@ class Readout:
         """``{"readout_weight": W, "readout_bias": b}``, the arrays themselves."""
         return {"readout_weight": self.weight, "readout_bias": self.bias}
 
-    def copy(self):
-        return Readout(self.weight.copy(), self.bias.copy())
-
     def __call__(self, features):
         """Outputs ``features @ W^T + b`` with the member axis third from the end."""
         return np.matmul(features, self.weight.transpose(0, 2, 1)) + self.bias[:, None, :]
