@@ -42,9 +42,13 @@ class Optimizer:
         self.state = {}
         self.n_steps = 0
 
-    def _member_lr(self, n_members, parameter):
+    def check_ensemble(self, n_members):
+        """Refuse a per-member ``lr`` whose length is not the ensemble size."""
         if self.lr.size not in (1, n_members):
             raise ValueError(f"lr has {self.lr.size} values for an ensemble of {n_members}")
+
+    def _member_lr(self, n_members, parameter):
+        self.check_ensemble(n_members)
         shape = (n_members,) + (1,) * (parameter.ndim - 1)
         return np.broadcast_to(self.lr, (n_members,)).reshape(shape)  # float64, as torch's
 

@@ -132,6 +132,7 @@ def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer
     net = _ensemble_copy(given)
     readout = _check_readout(readout, net, seed)
     E = net.ensemble_size
+    optimizer.check_ensemble(E)
     parameters = {**net.parameters(), **readout.parameters()}
     losses, norms = np.full((E, steps), np.nan), np.full((E, steps), np.nan)
     diverged, stopped_at = np.zeros(E, bool), np.full(E, -1)
