@@ -83,6 +83,30 @@ class Cell:
             raise ValueError("member() needs an ensemble; this cell is a single network")
         return self._like({k: v[e] for k, v in self.parameters().items()})
 
+    @staticmethod
+    def stack(cells):
+        """One ensemble of the single networks ``cells``, member e = ``cells[e]`` (the
+        inverse of ``member``). They must share class, options, sizes, dtype and bias.
+
+        >>> import dynamics
+        >>> cells = [dynamics.GRU.init(2, 3, seed=s) for s in range(4)]
+        >>> ensemble = dynamics.Cell.stack(cells)
+        >>> ensemble.ensemble_size, bool((ensemble.member(2).weight_hh == cells[2].weight_hh).all())
+        (4, True)
+        """
+        cells = list(cells)
+        if not cells or not all(isinstance(c, Cell) and c.ensemble_size is None for c in cells):
+            raise ValueError("cells must be a non-empty list of single networks "
+                             "(dynamics.RNN, LSTM or GRU without an ensemble axis)")
+        first = cells[0]
+        shapes = {(type(c), c.kind, c.bias, c.dtype, c.weight_ih.shape, c.weight_hh.shape)
+                  for c in cells}
+        if len(shapes) != 1:
+            raise ValueError("cells must share class, nonlinearity, bias, dtype and sizes, "
+                             f"got {len(shapes)} different kinds")
+        return first._like({name: np.stack([c.parameters()[name] for c in cells])
+                            for name in first.parameters()})
+
     def _like(self, parameters):
         return type(self)(**parameters, **self._options())
 

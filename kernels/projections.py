@@ -202,7 +202,6 @@ def _rows(a):
     return np.reshape(a, (a.shape[0], a.shape[1] * a.shape[2], a.shape[3]), copy=False)
 
 
-@np.errstate(over="ignore", invalid="ignore")  # inf/nan are data, flagged downstream
 def project_inputs(x, weight_ih, bias_ih, p):
     """p[..., :G*H] = x W_ih^T + b_ih for every member, step and batch element; ``x``
     (T, B, D) shared or (E, T, B, D), ``p`` (E, T, B, W)."""

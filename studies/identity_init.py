@@ -87,10 +87,8 @@ def network(init, units, seeds, base_seed, dtype):
     if kind.startswith("rnn_"):
         options["nonlinearity"] = kind[4:]
     index = list(INITS).index(init)
-    members = [cls.init(2, units, dtype=dtype, seed=np.random.SeedSequence(
-        base_seed, spawn_key=(1, index, s)), **options) for s in range(seeds)]
-    stacked = {k: np.stack([m.parameters()[k] for m in members]) for k in members[0].parameters()}
-    return type(members[0])(**stacked, **members[0]._options())
+    return dynamics.Cell.stack(cls.init(2, units, dtype=dtype, seed=np.random.SeedSequence(
+        base_seed, spawn_key=(1, index, s)), **options) for s in range(seeds))
 
 
 def analyse_point(points, point_seeds, *, units, seeds, lags, dtype, base_seed):

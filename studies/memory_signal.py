@@ -83,15 +83,13 @@ from studies._common import save, study_parser
 
 NAME = "memory_signal"
 
-#: cell label -> (class, options of ``init``, options of the constructor, description).
+#: cell label -> (class, options of ``init``, description).
 CELLS = {
-    "rnn_tanh": (dynamics.RNN, {"nonlinearity": "tanh"}, {"nonlinearity": "tanh"},
-                 "vanilla RNN, tanh"),
-    "rnn_relu": (dynamics.RNN, {"nonlinearity": "relu"}, {"nonlinearity": "relu"},
-                 "vanilla RNN, ReLU"),
-    "lstm_fb0": (dynamics.LSTM, {"forget_bias": 0.0}, {}, "LSTM, forget-gate bias 0"),
-    "lstm_fb1": (dynamics.LSTM, {"forget_bias": 1.0}, {}, "LSTM, forget-gate bias 1"),
-    "gru": (dynamics.GRU, {}, {}, "GRU"),
+    "rnn_tanh": (dynamics.RNN, {"nonlinearity": "tanh"}, "vanilla RNN, tanh"),
+    "rnn_relu": (dynamics.RNN, {"nonlinearity": "relu"}, "vanilla RNN, ReLU"),
+    "lstm_fb0": (dynamics.LSTM, {"forget_bias": 0.0}, "LSTM, forget-gate bias 0"),
+    "lstm_fb1": (dynamics.LSTM, {"forget_bias": 1.0}, "LSTM, forget-gate bias 1"),
+    "gru": (dynamics.GRU, {}, "GRU"),
 }
 FULL_LENGTHS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 QUICK_LENGTHS = (1, 2, 5, 10, 20)
@@ -129,14 +127,11 @@ def build_ensemble(cell, input_size, units, seeds, seed=0, dtype="float64"):
     >>> lstm.ensemble_size, lstm.bias_ih[:, 4:8].tolist(), float(lstm.bias_hh[:, 4:8].max())
     (2, [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]], 0.0)
     """
-    cls, init_options, options, _ = CELLS[check_cells([cell])[0]]
+    cls, init_options, _ = CELLS[check_cells([cell])[0]]
     index = list(CELLS).index(cell)
-    members = [cls.init(input_size, units, init="uniform", dtype=dtype,
-                        seed=child_seed(seed, s, 0, index), **init_options)
-               for s in range(seeds)]
-    stacked = {name: np.stack([m.parameters()[name] for m in members])
-               for name in members[0].parameters()}
-    return cls(**stacked, **options)
+    return dynamics.Cell.stack(cls.init(input_size, units, init="uniform", dtype=dtype,
+                                        seed=child_seed(seed, s, 0, index), **init_options)
+                               for s in range(seeds))
 
 
 def draw_inputs(input_size, units, steps, seeds, trials, noise, seed=0, dtype="float64"):
@@ -328,7 +323,7 @@ def to_dataset(state, gradient, floor, cells, lengths, dtype, config, seed):
          "diverged": (("cell", "seed"), diverged, attrs(
              "true where a measurement of this network is not finite", "1"))},
         coords={"cell": ("cell", cells, attrs("recurrent cell", "1") | {
-                    "description": json.dumps({c: CELLS[c][3] for c in cells})}),
+                    "description": json.dumps({c: CELLS[c][2] for c in cells})}),
                 "seq_len": ("seq_len", lengths, attrs(
                     "sequence length T: the signal enters at step 1, is read at step T",
                     "steps")),
@@ -356,7 +351,7 @@ def figure(dataset):
             low, median, high = np.quantile(dataset[name].sel(cell=cell).values,
                                             [0.25, 0.5, 0.75], axis=-1)
             line, = ax.plot(T, np.maximum(median, tiny), marker="o", ms=3,
-                            label=CELLS[str(cell)][3])
+                            label=CELLS[str(cell)][2])
             ax.fill_between(T, np.maximum(low, tiny), np.maximum(high, tiny),
                             color=line.get_color(), alpha=0.2)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="1/2 (half-life)")

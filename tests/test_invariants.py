@@ -2,7 +2,8 @@
 
 (a) a saturated LSTM keeps its cell state bitwise; (b) an identity ReLU RNN keeps its
 state bitwise; (c) permuting hidden units permutes the states; (d) an ensemble equals
-its members run one by one; (e) the step kernels called from a user's own @njit code;
+its members run one by one (and stacking members gives it; the register-blocked
+product of the batched recurrence is the walk's, bitwise); (e) the step kernels called from a user's own @njit code;
 (f) accuracy of the exp-based tanh / sigmoid; (g) the step kernels' docstring examples;
 (h) the initialisers; (i) clip_grad_norm against torch.
 """
@@ -218,6 +219,54 @@ def test_ensemble_equals_members(cfg, E, own_inputs):
         # the shared input's gradient is the sum over members (summation order may differ)
         tol = 1e-12 if cfg.dtype == np.float64 else 1e-5
         assert naive.relative_error(grads["x"], x_sum) <= tol
+
+
+@examples(10)
+@given(kind=st.sampled_from(KINDS), E=st.integers(1, 4), seed=seeds, bias=st.booleans())
+def test_stacking_single_networks_gives_an_ensemble_of_them(kind, E, seed, bias):
+    cells = [random_cell(kind, 2, 3, seed=seed + e, bias=bias) for e in range(E)]
+    ensemble = dynamics.Cell.stack(cells)
+    assert type(ensemble) is type(cells[0]) and ensemble.kind == kind
+    for e, cell in enumerate(cells):
+        for name, value in cell.parameters().items():
+            np.testing.assert_array_equal(ensemble.member(e).parameters()[name], value)
+
+
+@pytest.mark.parametrize("cells", [
+    [],
+    [random_cell("gru", 2, 3, ensemble=2)],
+    [random_cell("gru", 2, 3), random_cell("lstm", 2, 3)],
+    [random_cell("rnn_tanh", 2, 3), random_cell("rnn_relu", 2, 3)],
+    [random_cell("gru", 2, 3), random_cell("gru", 2, 4)],
+    [random_cell("gru", 2, 3), random_cell("gru", 2, 3, dtype=np.float32)],
+    [random_cell("gru", 2, 3), random_cell("gru", 2, 3, bias=False)],
+    ["not a cell"],
+])
+def test_stacking_refuses_cells_that_do_not_form_an_ensemble(cells):
+    with pytest.raises(ValueError, match="cells must"):
+        dynamics.Cell.stack(cells)
+
+
+@examples(30)
+@given(n_items=st.integers(1, 9), n=st.integers(1, 9), m=st.integers(1, 20), seed=seeds,
+       dtype=st.sampled_from(DTYPES))
+def test_register_blocked_product_equals_the_row_walk_bitwise(n_items, n, m, seed, dtype):
+    """``accumulate_rows_batch`` is ``accumulate_rows`` per item, the same bits, and a
+    matrix product to rounding."""
+    from kernels.cells import accumulate_rows, accumulate_rows_batch
+
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(n, m)).astype(dtype)
+    coefficients = rng.normal(size=(n_items, n)).astype(dtype)
+    start = rng.normal(size=(n_items, m)).astype(dtype)
+    batched = start.copy()
+    accumulate_rows_batch(rows, coefficients, batched)
+    for b in range(n_items):
+        walked = start[b].copy()
+        accumulate_rows(rows, coefficients[b], walked)
+        np.testing.assert_array_equal(batched[b], walked)
+    expected = start.astype(np.float64) + coefficients.astype(np.float64) @ rows
+    assert naive.relative_error(batched, expected, tiny=1.0) <= RTOL[np.dtype(dtype)]
 
 
 # ----------------------------------------------------------------------------------------

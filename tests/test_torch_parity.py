@@ -303,3 +303,25 @@ def test_network_init_round_trip(kind):
     with torch.no_grad():
         expected = module(torch.from_numpy(x))[0].numpy()
     assert_close(dynamics.forward(net, x).output, expected, "float64", "output")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_many_rows_match_torch(kind):
+    """T * B = 4,160 rows: the parameter and input gradients run over several chunks of
+    ``kernels.projections.CHUNK_ROWS`` rows and, for one network, two groups of row
+    ranges summed at the end; the reverse direction's first step (from h0) sits in the
+    last group. Bidirectional, two layers, batched recurrence (B = 32)."""
+    from kernels.projections import CHUNK_ROWS, gradient_groups
+
+    T, B, D, H = 130, 32, 3, 4
+    assert T * B > 8 * CHUNK_ROWS and gradient_groups(1, T * B) == 2
+    module = make_module(kind, D, H, num_layers=2, bidirectional=True, seed=5)
+    net = dynamics.from_torch(module)
+    rng = np.random.default_rng(9)
+    x, grad_output = rng.normal(size=(T, B, D)), rng.normal(size=(T, B, 2 * H))
+    h0, c0 = rng.normal(size=(4, B, H)), rng.normal(size=(4, B, H))
+    expected, expected_grads = torch_run(module, x, h0, c0, grad_output)
+    grads = dynamics.bptt(net, x, grad_output, h0=(h0, c0) if kind == "lstm" else h0)
+    assert set(grads) == set(expected_grads)
+    for name, value in expected_grads.items():
+        assert_close(grads[name], value, "float64", name)
