@@ -28,6 +28,7 @@ import xarray as xr
 from analysis._common import attrs, drop_member, item_dims, provenance, state_size
 from analysis.jacobians import tape_arguments, trajectory
 from dynamics.layer import single_threaded_blas
+from dynamics.propagation import engine
 from dynamics.validation import check_float_array, check_positive_int
 from kernels.tangents import adjoint_chain, unit_block_size
 
@@ -86,7 +87,8 @@ def adjoint_log_norms(tape, v, max_lag):
 
 
 def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, spectral=True,
-                         fit_lags=None, dtype=np.float64, drive=None, products=True):
+                         fit_lags=None, dtype=np.float64, drive=None, products=True,
+                         backend="cpu"):
     """Norms of d s_T / d s_(T-l) and of the BPTT adjoint against the lag l.
 
     Parameters
@@ -101,6 +103,9 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
         ``analysis.lyapunov_spectrum``)
     products : False to follow the adjoint vector alone (S times less work: for large
         networks); the spectral and Frobenius norms are then nan
+    backend : "cpu", or "cuda": the trajectory and the adjoint run on an NVIDIA GPU
+        (one block per sequence); needs ``products=False`` (the products' SVDs are
+        LAPACK's, on the CPU)
 
     Returns
     -------
@@ -110,7 +115,11 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
     (lag of an e-fold drop), both ``(norm, [member,] batch)``; ``diverged``
     ``([member,] batch)``, true where the trajectory or a product stopped being finite.
     """
-    cell, tape = trajectory(model, x, h0, dtype, drive)
+    if backend == "cuda" and products:
+        raise ValueError("backend='cuda' follows the adjoint alone: pass products=False "
+                         "(the spectral and Frobenius norms of the products need backend='cpu')")
+    run = engine(backend)
+    cell, tape = trajectory(model, x, h0, dtype, drive, backend)
     E, T, B, _ = tape.hs.shape
     if T == 0:
         raise ValueError("x must have at least one step to measure gradients against lag")
@@ -136,12 +145,13 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
             adjoint_chain(*tape_arguments(tape), T - 1, start, v, spectral, logs[1], logs[0],
                           logs[2], unit_block_size(S, E * B))
     else:
-        logs[2] = adjoint_log_norms(tape, v, max_lag)
+        logs[2] = (adjoint_log_norms if backend == "cpu" else run.adjoint_log_norms)(tape, v,
+                                                                                   max_lag)
     first, last = (max_lag // 2, max_lag) if fit_lags is None else _check_fit_lags(fit_lags)
     in_fit = (lags >= first) & (lags <= last)
     rate = fit_log_slope(np.where(in_fit, logs, np.nan), lags)
     drop = e_folding_lag(logs, lags)
-    diverged = ~np.isfinite(tape.hs).all(axis=(1, 3)) | np.isnan(logs[2]).any(-1)
+    diverged = ~np.isfinite(run.to_host(tape.hs)).all(axis=(1, 3)) | np.isnan(logs[2]).any(-1)
     norm_dims = ("norm",) + item_dims(cell)
     member = functools.partial(drop_member, cell=cell, axis=1)  # logs are (norm, E, B, ...)
     config = {"steps": T, "max_lag": max_lag, "spectral": spectral, "products": products,
@@ -161,4 +171,4 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
          "diverged": (item_dims(cell), drop_member(diverged, cell),
                       attrs("trajectory or product not finite", "1"))},
         coords={"norm": list(NORMS), "lag": ("lag", lags, attrs("steps back from the last state", "steps"))},
-        attrs=provenance("gradient_norm_vs_lag", config, tape.hs.dtype))
+        attrs=provenance("gradient_norm_vs_lag", config, tape.hs.dtype, backend=backend))

@@ -22,26 +22,26 @@ from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, pro
                               single_cell, state_coords, state_size)
 from dynamics.layer import LayerTape, member_major_parameters, single_threaded_blas
 from dynamics.network import as_network
-from dynamics.propagation import check_states
+from dynamics.propagation import check_states, engine
 from dynamics.validation import check_float_array, check_shape
 from kernels.cells import saved_width
 from kernels.sequence import sequence_forward_gemm
 from kernels.tangents import tangent_chain, trajectory_jacobians
 
 
-def trajectory(model, x, h0=None, dtype=np.float64, drive=None):
+def trajectory(model, x, h0=None, dtype=np.float64, drive=None, backend="cpu"):
     """Run ``model`` over ``x`` (or ``drive``, added to the pre-activations) in ``dtype``;
-    return (cell, tape of the saved steps)."""
+    return (cell, tape of the saved steps, on ``backend``'s arrays)."""
     cell = single_cell(model)
     dtype = analysis_dtype(dtype)
     if drive is None:
         if x is None:
             raise ValueError("give the input x (or a drive)")
         x = check_float_array("x", x).astype(dtype, copy=False)
-        return cell, dynamics.forward(cell.astype(dtype), x, h0).tapes[0]
+        return cell, dynamics.forward(cell.astype(dtype), x, h0, backend).tapes[0]
     if x is not None:
         raise ValueError("give x (through W_ih) or drive (added to the pre-activations), not both")
-    return cell, driven_tape(cell.astype(dtype), drive, h0)
+    return cell, driven_tape(cell.astype(dtype), drive, h0, backend)
 
 
 def check_drive(cell, drive):
@@ -53,10 +53,11 @@ def check_drive(cell, drive):
     return check_shape("drive", drive, shape)
 
 
-def driven_tape(cell, drive, h0):
+def driven_tape(cell, drive, h0, backend="cpu"):
     """The forward tape of ``cell`` when ``drive`` (T, [E,] B, G*H) is added to its
-    pre-activations in place of W_ih x (the BLAS recurrence, which takes precomputed
-    input projections)."""
+    pre-activations in place of W_ih x (on the CPU: the batched recurrence, which takes
+    precomputed input projections)."""
+    run = engine(backend)
     drive = check_drive(cell, drive).astype(cell.dtype, copy=False)
     E, width = cell.ensemble_size, cell.gates * cell.hidden_size
     if drive.shape[0] == 0:
@@ -66,6 +67,9 @@ def driven_tape(cell, drive, h0):
     w_ih, b_ih, w_hh, b_hh = member_major_parameters(cell, cell.dtype)
     T, H = drive.shape[0], cell.hidden_size
     member_drive = drive.transpose(1, 0, 2, 3) if drive.ndim == 4 else drive[None]
+    if backend == "cuda":
+        return run.layer_forward(cell, run.to_device(member_drive), run.to_device(h_init),
+                                 run.to_device(c_init), False, additive=True)
     p = np.empty((n_members, T, batch, saved_width(cell.code, H)), cell.dtype)
     p[..., :width] = member_drive + b_ih[:, None, None, :]
     hs = np.empty((n_members, T, batch, H), cell.dtype)

@@ -24,7 +24,7 @@ from analysis.jacobians import check_drive
 from dynamics.init import seed_sequence
 from dynamics.layer import LayerTape, member_major_parameters, single_threaded_blas
 from dynamics.network import as_network
-from dynamics.propagation import check_input, check_states
+from dynamics.propagation import check_input, check_states, engine
 from dynamics.validation import check_float_array, check_positive_int
 from kernels.cells import saved_width
 from kernels.tangents import tangent_walk, unit_block_size
@@ -83,15 +83,23 @@ def _initial(cell, h0, batch, n_vectors, seed, dtype, identity=False, random_sta
     return h, c, q
 
 
-def _walk(cell, x, additive, steps, burn_in, interval, h, c, q, dtype, keep=0):
+def _walk(cell, x, additive, steps, burn_in, interval, h, c, q, dtype, keep=0, backend="cpu"):
     """Advance ``burn_in`` steps (QR every ``interval``, records dropped), then
     R = (steps - burn_in) // interval intervals; return (log |R_jj| (E, B, R, k),
     diverged, the forward tape of the last ``keep`` steps or None)."""
     E, B, H = h.shape
     diverged = np.zeros((E, B), bool)
     parameters = member_major_parameters(cell, dtype)
-    block_size = unit_block_size(cell.hidden_size, E * B)
     used = burn_in + (steps - burn_in) // interval * interval
+    if backend == "cuda":  # states and tangents stay on the GPU from start to end
+        gpu = engine(backend)
+        state = [gpu.to_device(a) for a in (h, c, q, diverged)]
+        if burn_in:
+            gpu.tangent_walk(cell, x, additive, parameters, 0, burn_in, interval, *state)
+        log_r = gpu.tangent_walk(cell, x, additive, parameters, burn_in, used - burn_in,
+                                 interval, *state)
+        return log_r, state[3].copy_to_host(), None
+    block_size = unit_block_size(cell.hidden_size, E * B)
     gated = cell.kind in ("lstm", "gru")  # a vanilla RNN's linearisation needs h alone
     tape = (np.empty((E, keep, B, H), dtype), np.empty((E, keep, B, c.shape[2]), dtype),
             np.empty((E, keep if gated else 0, B, saved_width(cell.code, H)), dtype),
@@ -126,7 +134,7 @@ def _check_vectors(cell, n_vectors):
 
 def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_exponents=None,
                       burn_in=0, interval=1, h0=None, seed=0, dtype=np.float64,
-                      gradient_lags=None):
+                      gradient_lags=None, backend="cpu"):
     """The first ``n_exponents`` Lyapunov exponents, autonomous or driven.
 
     Parameters
@@ -145,6 +153,10 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
     gradient_lags : L, to follow also, on the same trajectory, the BPTT gradient of a loss
         on the last state (dLoss/dh = 1/sqrt(H), as ``gradient_norm_vs_lag``'s default)
         back L steps (at most the steps after burn-in); keeps the last L steps in memory
+        (cpu backend only)
+    backend : "cpu", or "cuda" to run every sequence's walk on an NVIDIA GPU
+        (``kernels.cuda_tangents``); the exponents agree with the CPU's to within the
+        rounding differences a chaotic trajectory amplifies
 
     Returns
     -------
@@ -160,6 +172,10 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
     """
     cell = single_cell(model)
     dtype = analysis_dtype(dtype)
+    engine(backend)
+    if backend == "cuda" and gradient_lags is not None:
+        raise ValueError("gradient_lags is computed on backend='cpu' only; on the GPU, "
+                         "use analysis.gradient_norm_vs_lag(..., backend='cuda')")
     n_vectors = _check_vectors(cell, n_exponents)
     inputs, additive, steps, batch = _inputs(cell, x, drive, steps, batch, dtype)
     burn_in = check_positive_int("burn_in", burn_in, minimum=0)
@@ -175,7 +191,7 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
             raise ValueError("gradient_lags must be at most the steps measured after the "
                              f"burn-in, {(steps - burn_in) // interval * interval}, got {keep}")
     log_r, diverged, tape = _walk(cell.astype(dtype), inputs, additive, steps, burn_in,
-                                  interval, h, c, q, dtype, keep)
+                                  interval, h, c, q, dtype, keep, backend)
     n_records = log_r.shape[2]
     elapsed = interval * np.arange(1, n_records + 1)
     running = np.cumsum(log_r, axis=2) / elapsed[:, None]
@@ -211,7 +227,7 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
                       attrs("state or tangents stopped being finite", "1"))},
         coords={"exponent": np.arange(n_vectors),
                 "time": ("time", burn_in + elapsed, attrs("steps run at this record", "steps"))},
-        attrs=provenance("lyapunov_spectrum", config, dtype, seed))
+        attrs=provenance("lyapunov_spectrum", config, dtype, seed, backend))
     if variables:
         dataset = dataset.assign(variables).assign_coords(
             lag=("lag", np.arange(keep + 1), attrs("steps back from the last state", "steps")))

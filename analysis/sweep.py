@@ -15,7 +15,8 @@ takes a chunk of points and returns named arrays for each. The engine
 - shows a tqdm progress bar;
 - runs in-process by default, or on dask.distributed: a ``Client``, a scheduler
   address, or a number of local worker processes (a ``LocalCluster``), with numba's
-  threads per worker capped so that the cores are not oversubscribed;
+  threads per worker capped so that the cores are not oversubscribed; with
+  ``backend="cuda"`` each dask worker takes one of its machine's GPUs;
 - returns one xarray Dataset with provenance attrs (``save_netcdf`` writes it).
 
 >>> import numpy as np
@@ -42,6 +43,7 @@ import numpy as np
 import xarray as xr
 
 from analysis._common import attrs, provenance
+from dynamics.propagation import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,13 @@ class Output:
         return tuple(len(self.coords[d]) for d in self.dims)
 
 
-def _run_chunk(compute, points, seeds, outputs, numba_threads):
+def _run_chunk(compute, points, seeds, outputs, numba_threads, backend):
     """Compute one chunk (in this process or on a dask worker) and check its shapes."""
     if numba_threads:
         numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))
+    if backend == "cuda":  # imported here: a CPU run never loads CUDA code
+        from dynamics.gpu import select_worker_gpu
+        select_worker_gpu()
     results = compute(points, seeds)
     n_points = len(seeds)
     checked = {}
@@ -89,6 +94,13 @@ class Sweep:
     (sizes, dtype...): it is stored with the results and checked on resume.
     ``compute`` must be picklable (a module-level function, or a ``functools.partial``
     of one) to run on dask.
+
+    ``backend`` ("cpu" or "cuda") says where the computation runs: with "cuda", each
+    chunk first selects its dask worker's GPU (``dynamics.gpu.select_worker_gpu``);
+    ``compute`` itself must be told the backend (through its ``functools.partial``). It
+    is recorded in the dataset's provenance but is not part of the configuration a
+    store must match: results agree to rounding, so a store begun on one backend can be
+    resumed on the other.
     """
 
     name: str
@@ -99,6 +111,7 @@ class Sweep:
     coords_attrs: dict = field(default_factory=dict)  # grid dim -> (long_name, units)
     seed: int = 0
     chunk_size: int = 8
+    backend: str = "cpu"
 
     def __post_init__(self):
         self.grid = {dim: np.asarray(values) for dim, values in self.grid.items()}
@@ -111,13 +124,15 @@ class Sweep:
                              f"got {self.outputs!r}")
         if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
     shape = property(lambda self: tuple(v.size for v in self.grid.values()))
     n_points = property(lambda self: math.prod(self.shape))
     n_chunks = property(lambda self: -(-self.n_points // self.chunk_size))
 
     def identity(self):
-        """The JSON that a store must match to be resumed."""
+        """The JSON that a store must match to be resumed (the backend is not in it)."""
         return json.dumps({
             "name": self.name, "seed": self.seed, "chunk_size": self.chunk_size,
             "grid": {dim: values.tolist() for dim, values in self.grid.items()},
@@ -193,7 +208,7 @@ class Sweep:
                 for index in todo:
                     points, seeds = self.chunk(index)
                     self._write(group, index, _run_chunk(self.compute, points, seeds,
-                                                         self.outputs, 0))
+                                                         self.outputs, 0, self.backend))
                     bar.update(len(seeds))
             else:
                 with _dask_client(client, scheduler, workers) as (dask_client, threads):
@@ -210,8 +225,8 @@ class Sweep:
         for index in todo:
             points, seeds = self.chunk(index)
             future = client.submit(_run_chunk, self.compute, points, seeds, self.outputs,
-                                   numba_threads, key=f"{self.name}-chunk-{index}-{run_id}",
-                                   pure=False)
+                                   numba_threads, self.backend,
+                                   key=f"{self.name}-chunk-{index}-{run_id}", pure=False)
             futures[future] = index
         for future in as_completed(futures):
             index = futures[future]
@@ -237,7 +252,8 @@ class Sweep:
                   "chunk_size": self.chunk_size, **self.config}
         dtype = self.config.get("dtype", "float64")
         return xr.Dataset(variables, coords=coords,
-                          attrs=provenance(f"sweep {self.name}", config, dtype, self.seed))
+                          attrs=provenance(f"sweep {self.name}", config, dtype, self.seed,
+                                           self.backend))
 
 
 def save_netcdf(dataset, path):

@@ -186,3 +186,25 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
     if not tape.cell.bias:
         del grads["bias_ih"], grads["bias_hh"]
     return grads, dh0, dc0
+
+
+# The array operations ``dynamics.propagation`` needs around the layers, for this
+# backend; ``dynamics.gpu`` has the same names for device arrays.
+
+def to_device(array):
+    """The CPU backend works on NumPy arrays as they are."""
+    return array
+
+
+to_host = to_device
+zeros_like = np.zeros_like
+
+
+def units(array, start, stop):
+    """array[..., start:stop], C-contiguous."""
+    return np.ascontiguousarray(array[..., start:stop])
+
+
+def concatenate_units(arrays):
+    """Arrays joined along their last axis (the directions of a layer)."""
+    return np.concatenate(arrays, axis=-1)

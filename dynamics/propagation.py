@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dynamics.layer import layer_backward, layer_forward
+from dynamics import layer
 from dynamics.network import as_network
 from dynamics.validation import check_choice, check_float_array, check_positive_int, check_shape
 
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "cuda")
 
 
 @dataclass
@@ -31,6 +31,7 @@ class ForwardResult:
     h_n: np.ndarray
     c_n: np.ndarray = None
     tapes: list = field(default=None, repr=False)
+    backend: str = "cpu"
 
 
 def _user_layout(array, ensemble):
@@ -82,8 +83,15 @@ def check_states(net, h0, batch, dtype):
     return h0, c0
 
 
-def _check_backend(backend):
+def engine(backend):
+    """The module that runs layers on ``backend``: ``dynamics.layer`` (cpu) or
+    ``dynamics.gpu`` (cuda, imported only now; a clear error where no GPU is usable)."""
     check_choice("backend", backend, BACKENDS)
+    if backend == "cpu":
+        return layer
+    from dynamics import gpu
+    gpu.require_gpu()
+    return gpu
 
 
 def forward(model, x, h0=None, backend="cpu"):
@@ -95,6 +103,8 @@ def forward(model, x, h0=None, backend="cpu"):
     x : (T, B, D) array, or (T, E, B, D) for an ensemble whose members have own inputs
     h0 : (layers*dirs, B, H) array (with E after the first axis for ensembles);
         for LSTM a tuple (h0, c0). Zeros if omitted.
+    backend : "cpu", or "cuda" for an NVIDIA GPU (``dynamics.gpu``): the run and its
+        tape stay on the GPU; the result's arrays are NumPy arrays
 
     Returns
     -------
@@ -108,23 +118,23 @@ def forward(model, x, h0=None, backend="cpu"):
     >>> r.output.shape, r.h_n.shape, r.c_n.shape
     ((7, 2, 5), (1, 2, 5), (1, 2, 5))
     """
-    _check_backend(backend)
+    run = engine(backend)
     net = as_network(model)
     x, batch = check_input(net, x)
-    h0, c0 = check_states(net, h0, batch, x.dtype)
-    tapes, layer_input = [], x
+    h0, c0 = (run.to_device(state) for state in check_states(net, h0, batch, x.dtype))
+    tapes, layer_input = [], run.to_device(x)
     for suffix, l, d, cell in net.named_cells():
         k = l * net.num_directions + d
-        tapes.append(layer_forward(cell, layer_input, h0[k], c0[k], reverse=bool(d)))
+        tapes.append(run.layer_forward(cell, layer_input, h0[k], c0[k], reverse=bool(d)))
         if d == net.num_directions - 1:
             outputs = [tape.hs for tape in tapes[-net.num_directions:]]
-            layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
+            layer_input = outputs[0] if len(outputs) == 1 else run.concatenate_units(outputs)
     ensemble = net.ensemble_size is not None
-    h_n = np.stack([tape.h_n for tape in tapes])
-    c_n = np.stack([tape.c_n for tape in tapes]) if net.kind == "lstm" else None
+    h_n = np.stack([run.to_host(tape.h_n) for tape in tapes])
+    c_n = np.stack([run.to_host(tape.c_n) for tape in tapes]) if net.kind == "lstm" else None
     squeeze = (lambda a: a) if ensemble else (lambda a: a[:, 0])
-    return ForwardResult(_user_layout(layer_input, ensemble), squeeze(h_n),
-                         None if c_n is None else squeeze(c_n), tapes)
+    return ForwardResult(_user_layout(run.to_host(layer_input), ensemble), squeeze(h_n),
+                         None if c_n is None else squeeze(c_n), tapes, backend)
 
 
 def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_n=None,
@@ -177,6 +187,7 @@ def backward(model, result, grad_output, truncation=None, grad_h_n=None, grad_c_
     """
     if result.tapes is None:
         raise ValueError("this ForwardResult was already backpropagated; run forward again")
+    run = engine(result.backend)
     if truncation is not None:
         truncation = check_positive_int("truncation", truncation)
     net = as_network(model)
@@ -196,7 +207,7 @@ def backward(model, result, grad_output, truncation=None, grad_h_n=None, grad_c_
         grad_c = grad_h[..., :0]
     # The top layer reads grad_output in the user's time-major layout, uncopied when
     # contiguous; layers below get dL/dx member-major, as their inputs are.
-    grad_above = np.ascontiguousarray(grad_output if ensemble else grad_output[:, None])
+    grad_above = run.to_device(grad_output if ensemble else grad_output[:, None])
     time_major = True
     H, dirs = net.hidden_size, net.num_directions
     n_steps = result.output.shape[0]
@@ -204,18 +215,20 @@ def backward(model, result, grad_output, truncation=None, grad_h_n=None, grad_c_
     grads, grad_h0, grad_c0 = {}, np.zeros_like(grad_h), np.zeros_like(grad_c)
     for l in reversed(range(net.num_layers)):
         layer_x = result.tapes[l * dirs].x
-        grad_x = np.zeros_like(layer_x)  # T = 0 leaves it untouched: zeros
+        grad_x = run.zeros_like(layer_x)  # T = 0 leaves it untouched: zeros
         for d in range(dirs):
             k = l * dirs + d
-            grad_hs = grad_above if dirs == 1 else np.ascontiguousarray(
-                grad_above[..., d * H:(d + 1) * H])
-            cell_grads, grad_h0[k], grad_c0[k] = layer_backward(
+            grad_hs = grad_above if dirs == 1 else run.units(grad_above, d * H, (d + 1) * H)
+            cell_grads, dh0, dc0 = run.layer_backward(
                 result.tapes[k], grad_hs, time_major, grad_h[k], grad_c[k], chunk, grad_x,
                 grad_x_fresh=d == 0)
+            grad_h0[k], grad_c0[k] = run.to_host(dh0), run.to_host(dc0)
             for name, value in cell_grads.items():
+                value = run.to_host(value)
                 grads[name + net.suffix(l, d)] = value if ensemble else value[0]
         grad_above, time_major = grad_x, False
     result.tapes = None  # the backward pass overwrote the saved pre-activations
+    grad_above = run.to_host(grad_above)
     if layer_x.ndim == 4:
         grads["x"] = grad_above.transpose(1, 0, 2, 3) if ensemble else grad_above[0]
     else:

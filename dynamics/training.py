@@ -1,9 +1,11 @@
-"""Training a network, or an ensemble of networks at once, on the CPU kernels.
+"""Training a network, or an ensemble of networks at once.
 
 ``train`` drives ``forward`` and ``backward`` over minibatches: a linear readout
 (``dynamics.readout``) on the last step or on every step, a loss
 (``dynamics.losses``), global-norm clipping per member, and an optimiser
-(``dynamics.optim``). An ensemble (every parameter with a leading axis E: E
+(``dynamics.optim``). The recurrent network runs on the CPU cores or, with
+``backend="cuda"``, on an NVIDIA GPU; the readout, the loss and the optimiser always run
+on the CPU. An ensemble (every parameter with a leading axis E: E
 initialisations, seeds or learning rates) trains in one kernel launch per step, all
 members on the same minibatches; member e's result is exactly what training it alone
 gives. A member whose loss or gradient becomes inf/nan, or whose update would make a
@@ -28,7 +30,7 @@ from dynamics.clipping import INPUT_KEYS, clip_grad_norm, grad_norm
 from dynamics.losses import LOSSES
 from dynamics.network import Network, as_network
 from dynamics.optim import Adam, Optimizer
-from dynamics.propagation import backward, forward
+from dynamics.propagation import BACKENDS, backward, forward
 from dynamics.readout import Readout
 from dynamics.validation import check_choice, check_float_array, check_positive_int
 
@@ -73,10 +75,10 @@ def _check_readout(readout, net, seed):
     return Readout.init(width, size, ensemble=E, seed=seed, dtype=net.dtype)
 
 
-def _outputs(net, readout, x, target):
+def _outputs(net, readout, x, target, backend):
     """(forward result, readout input, readout output) for the batch ``x``."""
     x = check_float_array("x", x).astype(net.dtype, copy=False)
-    result = forward(net, x)
+    result = forward(net, x, backend=backend)
     features = result.output[-1] if target == "last" else result.output
     return result, features, readout(features)
 
@@ -89,7 +91,7 @@ def _finite_members(parameters, n_members):
 
 
 def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer=None,
-          clip=None, truncation=None, seed=0, progress=False):
+          clip=None, truncation=None, seed=0, progress=False, backend="cpu"):
     """Train ``model`` (and a linear readout) for ``steps`` minibatches.
 
     Parameters
@@ -110,6 +112,8 @@ def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer
     truncation : None for full BPTT, or the chunk length k of truncated BPTT
     seed : seed of the readout's initialisation
     progress : show a tqdm progress bar
+    backend : "cpu" or "cuda": where the recurrent network's forward pass and BPTT run;
+        the readout, the loss and the optimiser stay on the CPU
 
     Returns
     -------
@@ -117,6 +121,7 @@ def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer
     """
     given = as_network(model)
     steps = check_positive_int("steps", steps)
+    check_choice("backend", backend, BACKENDS)
     loss_function = LOSSES[check_choice("loss", loss, tuple(LOSSES))]
     check_choice("target", target, TARGETS)
     optimizer = Adam() if optimizer is None else optimizer
@@ -142,7 +147,7 @@ def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer
         iterator = tqdm(iterator, desc="train", unit="step")
     for step in iterator:
         x, y = data(step)
-        result, features, predictions = _outputs(net, readout, x, target)
+        result, features, predictions = _outputs(net, readout, x, target, backend)
         step_loss, grad_predictions = loss_function(predictions, y)
         grad_features, grads = readout.backward(features, grad_predictions)
         if target == "last":
@@ -170,14 +175,23 @@ def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer
         stopped_at[stopping] = step
         diverged |= stopping
     history = _history(losses, norms, diverged, stopped_at, loss, target, optimizer, clip,
-                       truncation, given.ensemble_size is None)
+                       truncation, backend, given.ensemble_size is None)
     return Training(_like_given(net, model), readout, history)
 
 
-def evaluate(model, readout, x, y, loss="mse", target="last"):
+def evaluate(model, readout, x, y, loss="mse", target="last", backend="cpu"):
     """The loss of ``model`` with ``readout`` on one batch, per member ``(E,)`` (a float
     for one network), without training.
 
+    Parameters
+    ----------
+    model, readout, loss, target : as for ``train`` (``readout`` a ``Readout``)
+    x, y : one batch, as ``data`` gives it to ``train``
+    backend : "cpu" or "cuda": where the recurrent network's forward pass runs; the
+        readout and the loss stay on the CPU
+
+    Examples
+    --------
     >>> import numpy as np, dynamics
     >>> from dynamics.tasks import adding_problem
     >>> rnn = dynamics.RNN.init(2, 4)
@@ -190,13 +204,13 @@ def evaluate(model, readout, x, y, loss="mse", target="last"):
     check_choice("target", target, TARGETS)
     wrapped = _ensemble_copy(net) if net.ensemble_size is None else net
     readout = _check_readout(readout, wrapped, 0)
-    _, _, predictions = _outputs(wrapped, readout, x, target)
+    _, _, predictions = _outputs(wrapped, readout, x, target, backend)
     value, _ = loss_function(predictions, y)
     return float(value[0]) if net.ensemble_size is None else value
 
 
 def _history(losses, norms, diverged, stopped_at, loss, target, optimizer, clip, truncation,
-             single):
+             backend, single):
     dataset = xr.Dataset(
         {"loss": (("member", "step"), losses, {
             "long_name": f"training loss ({loss}, {target} step) on the step's minibatch, "
@@ -214,5 +228,6 @@ def _history(losses, norms, diverged, stopped_at, loss, target, optimizer, clip,
                 "step": ("step", np.arange(losses.shape[1]),
                          {"long_name": "training step", "units": "1"})},
         attrs={"training": json.dumps({"loss": loss, "target": target, "optimizer": repr(optimizer),
-                                       "clip": clip, "truncation": truncation})})
+                                       "clip": clip, "truncation": truncation,
+                                       "backend": backend})})
     return dataset.isel(member=0, drop=True) if single else dataset

@@ -14,6 +14,11 @@ and so are the linearised step (``kernels.jacobians``)::
     state_jvp(lin, w_hh, qh, qc, qh_out, qc_out)                # J q
     state_vjp(lin, w_hh, lh, lc, lh_out, lc_out)                # l J
 
+The per-unit arithmetic of each cell (``kernels.cells.lstm_unit``, ``gru_unit`` and their
+backward and linearised forms) is shared by the CPU kernels and the GPU kernels of
+``kernels.cuda_sequence`` and ``kernels.cuda_tangents``, which are not imported here:
+only ``backend="cuda"`` loads them (``kernels.cuda_api`` holds the one CUDA import).
+
 Kernels trust their arguments; ``dynamics`` and ``analysis`` validate before calling them.
 """
 from kernels.cells import cell_linearisation, gru_step, lstm_step, rnn_relu_step, rnn_tanh_step

@@ -9,7 +9,13 @@ them without reassociating any sum, which keeps results bitwise identical for ev
 import numba
 
 
-def jit(function=None, *, parallel=False):
-    """Compile ``function`` with the toolkit's CPU settings (usable bare or with args)."""
-    decorate = numba.njit(cache=True, error_model="numpy", parallel=parallel)
+def jit(function=None, *, parallel=False, inline=False):
+    """Compile ``function`` with the toolkit's CPU settings (usable bare or with args).
+
+    ``inline=True`` inlines it into its callers before LLVM sees them (numba's
+    ``inline="always"``): for the per-unit cell arithmetic, which LLVM's own inliner
+    leaves as calls inside the callers' unit loops, so that they would not vectorise.
+    """
+    decorate = numba.njit(cache=True, error_model="numpy", parallel=parallel,
+                          inline="always" if inline else "never")
     return decorate if function is None else decorate(function)

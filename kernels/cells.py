@@ -134,6 +134,78 @@ def saved_gates(row, n_units, u):
     return row[u], row[n_units + u], row[2 * n_units + u], row[3 * n_units + u]
 
 
+@jit(inline=True)
+def rnn_unit(cell, a):
+    """A vanilla RNN unit's new state from its pre-activation ``a``."""
+    return tanh(a) if cell == RNN_TANH else relu(a)
+
+
+@jit(inline=True)
+def rnn_unit_slope(cell, h):
+    """dh/da of a vanilla RNN unit, from its new state ``h``."""
+    return dtanh(h) if cell == RNN_TANH else drelu(h)
+
+
+@jit(inline=True)
+def lstm_unit(a_i, a_f, a_g, a_o, c_prev):
+    """One LSTM unit: gates i, f, g, o from their pre-activations, then (c, h).
+    Returns (i, f, g, o, c, h)."""
+    i = sigmoid(a_i)
+    f = sigmoid(a_f)
+    g = tanh(a_g)
+    o = sigmoid(a_o)
+    c = f * c_prev + i * g
+    return i, f, g, o, c, o * tanh(c)
+
+
+@jit(inline=True)
+def lstm_unit_backward(i, f, g, o, c, c_prev, dh, dc):
+    """Backward through one LSTM unit given its gates, new and previous cell state and
+    dL/dh, dL/dc: returns dL/d(pre-activation) of i, f, g, o and dL/dc_prev."""
+    tc = tanh(c)
+    dct = dc + dh * o * dtanh(tc)
+    return (dct * g * dsigmoid(i), dct * c_prev * dsigmoid(f), dct * i * dtanh(g),
+            dh * tc * dsigmoid(o), dct * f)
+
+
+@jit(inline=True)
+def lstm_unit_linearisation(i, f, g, o, c, c_prev):
+    """d(h, c)/d(pre-activations) of one LSTM unit: (dh/da_i, dh/da_f, dh/da_g, dh/da_o,
+    dc/da_i, dc/da_f, dc/da_g, dh/dc_prev, dc/dc_prev)."""
+    tc = tanh(c)
+    through_c = o * dtanh(tc)
+    dc_i = g * dsigmoid(i)
+    dc_f = c_prev * dsigmoid(f)
+    dc_g = i * dtanh(g)
+    return (through_c * dc_i, through_c * dc_f, through_c * dc_g, tc * dsigmoid(o),
+            dc_i, dc_f, dc_g, through_c * f, f)
+
+
+@jit(inline=True)
+def gru_unit(a_r, a_z, a_n, hn, h_prev):
+    """One GRU unit: r and z from their pre-activations, n = tanh(a_n + r * hn) with
+    hn = (W_hn h_prev + b_hn)_u, h = n + z (h_prev - n). Returns (r, z, n, h)."""
+    r = sigmoid(a_r)
+    z = sigmoid(a_z)
+    n = tanh(a_n + r * hn)
+    return r, z, n, n + z * (h_prev - n)
+
+
+@jit(inline=True)
+def gru_unit_backward(r, z, n, hn, h_prev, dh):
+    """Backward through one GRU unit: dL/d(pre-activation) of r, z and of the input part
+    of n, dL/dhn, and the direct part of dL/dh_prev (dh z)."""
+    dn_pre = (dh - dh * z) * dtanh(n)
+    return dn_pre * hn * dsigmoid(r), dh * (h_prev - n) * dsigmoid(z), dn_pre, dn_pre * r, dh * z
+
+
+@jit(inline=True)
+def gru_unit_linearisation(r, z, n, hn, h_prev):
+    """dh/d(hidden pre-activations r, z, n) and dh/dh_prev (direct) of one GRU unit."""
+    through_n = dtanh(n) - z * dtanh(n)
+    return through_n * hn * dsigmoid(r), (h_prev - n) * dsigmoid(z), through_n * r, z
+
+
 @jit
 def cell_forward(cell, p, ph, h_prev, c_prev, h, c):
     """One step of ``cell`` for one sequence, given both pre-activations.
@@ -144,32 +216,27 @@ def cell_forward(cell, p, ph, h_prev, c_prev, h, c):
     index u before writing it).
     """
     n_units = h.shape[0]
-    if cell == RNN_TANH:
+    if cell == RNN_TANH or cell == RNN_RELU:
         for u in range(n_units):
-            h[u] = tanh(p[u] + ph[u])
-    elif cell == RNN_RELU:
-        for u in range(n_units):
-            h[u] = relu(p[u] + ph[u])
+            h[u] = rnn_unit(cell, p[u] + ph[u])
     elif cell == LSTM:
         for u in range(n_units):
-            i = sigmoid(p[u] + ph[u])
-            f = sigmoid(p[n_units + u] + ph[n_units + u])
-            g = tanh(p[2 * n_units + u] + ph[2 * n_units + u])
-            o = sigmoid(p[3 * n_units + u] + ph[3 * n_units + u])
-            c_new = f * c_prev[u] + i * g
+            i, f, g, o, c_new, h_new = lstm_unit(
+                p[u] + ph[u], p[n_units + u] + ph[n_units + u],
+                p[2 * n_units + u] + ph[2 * n_units + u],
+                p[3 * n_units + u] + ph[3 * n_units + u], c_prev[u])
             c[u] = c_new
-            h[u] = o * tanh(c_new)
+            h[u] = h_new
             p[u] = i
             p[n_units + u] = f
             p[2 * n_units + u] = g
             p[3 * n_units + u] = o
     else:
         for u in range(n_units):
-            r = sigmoid(p[u] + ph[u])
-            z = sigmoid(p[n_units + u] + ph[n_units + u])
             hn = ph[2 * n_units + u]
-            n = tanh(p[2 * n_units + u] + r * hn)
-            h[u] = n + z * (h_prev[u] - n)
+            r, z, n, h_new = gru_unit(p[u] + ph[u], p[n_units + u] + ph[n_units + u],
+                                      p[2 * n_units + u], hn, h_prev[u])
+            h[u] = h_new
             p[u] = r
             p[n_units + u] = z
             p[2 * n_units + u] = n
@@ -191,27 +258,17 @@ def cell_backward(cell, p, dh, dc, h_prev, c_prev, h, c, dph, dh_prev):
     # not overlap and vectorise it; one loop doing everything stays scalar.
     if cell == RNN_TANH or cell == RNN_RELU:
         for u in range(n_units):
-            slope = dtanh(h[u]) if cell == RNN_TANH else drelu(h[u])
-            p[u] = dh[u] * slope
+            p[u] = dh[u] * rnn_unit_slope(cell, h[u])
     elif cell == LSTM:
         for u in range(n_units):
             i, f, g, o = saved_gates(p, n_units, u)
-            tc = tanh(c[u])
-            dct = dc[u] + dh[u] * o * dtanh(tc)
-            p[u] = dct * g * dsigmoid(i)
-            p[n_units + u] = dct * c_prev[u] * dsigmoid(f)
-            p[2 * n_units + u] = dct * i * dtanh(g)
-            p[3 * n_units + u] = dh[u] * tc * dsigmoid(o)
-            dc[u] = dct * f
+            p[u], p[n_units + u], p[2 * n_units + u], p[3 * n_units + u], dc[u] = \
+                lstm_unit_backward(i, f, g, o, c[u], c_prev[u], dh[u], dc[u])
     else:
         for u in range(n_units):
             r, z, n, hn = saved_gates(p, n_units, u)
-            dn_pre = (dh[u] - dh[u] * z) * dtanh(n)
-            p[u] = dn_pre * hn * dsigmoid(r)
-            p[n_units + u] = dh[u] * (h_prev[u] - n) * dsigmoid(z)
-            p[2 * n_units + u] = dn_pre
-            p[3 * n_units + u] = dn_pre * r
-            dh_prev[u] = dh[u] * z
+            p[u], p[n_units + u], p[2 * n_units + u], p[3 * n_units + u], dh_prev[u] = \
+                gru_unit_backward(r, z, n, hn, h_prev[u], dh[u])
     if cell == GRU:  # the hidden parts: r, z as the inputs', n scaled by r
         for j in range(2 * n_units):
             dph[j] = p[j]
@@ -256,28 +313,18 @@ def cell_linearisation(cell, saved, h_prev, c_prev, h, c, lin):
     lin[:] = 0.0
     if cell == RNN_TANH or cell == RNN_RELU:
         for u in range(n_units):
-            lin[LIN_H, u] = dtanh(h[u]) if cell == RNN_TANH else drelu(h[u])
+            lin[LIN_H, u] = rnn_unit_slope(cell, h[u])
     elif cell == LSTM:
         for u in range(n_units):
             i, f, g, o = saved_gates(saved, n_units, u)
-            tc = tanh(c[u])
-            through_c = o * dtanh(tc)
-            lin[LIN_C, u] = g * dsigmoid(i)
-            lin[LIN_C + 1, u] = c_prev[u] * dsigmoid(f)
-            lin[LIN_C + 2, u] = i * dtanh(g)
-            for k in range(3):
-                lin[LIN_H + k, u] = through_c * lin[LIN_C + k, u]
-            lin[LIN_H + 3, u] = tc * dsigmoid(o)
-            lin[LIN_CC, u] = f
-            lin[LIN_HC, u] = through_c * f
+            (lin[LIN_H, u], lin[LIN_H + 1, u], lin[LIN_H + 2, u], lin[LIN_H + 3, u],
+             lin[LIN_C, u], lin[LIN_C + 1, u], lin[LIN_C + 2, u], lin[LIN_HC, u],
+             lin[LIN_CC, u]) = lstm_unit_linearisation(i, f, g, o, c[u], c_prev[u])
     else:
         for u in range(n_units):
             r, z, n, hn = saved_gates(saved, n_units, u)
-            through_n = dtanh(n) - z * dtanh(n)
-            lin[LIN_H, u] = through_n * hn * dsigmoid(r)
-            lin[LIN_H + 1, u] = (h_prev[u] - n) * dsigmoid(z)
-            lin[LIN_H + 2, u] = through_n * r
-            lin[LIN_HH, u] = z
+            lin[LIN_H, u], lin[LIN_H + 1, u], lin[LIN_H + 2, u], lin[LIN_HH, u] = \
+                gru_unit_linearisation(r, z, n, hn, h_prev[u])
 
 
 @jit

@@ -29,13 +29,15 @@ def parse_grid(text):
 
 def study_parser(description, name):
     """An ArgumentParser with the options every study takes: --out, --quick, --seed,
-    --dtype."""
+    --dtype, --backend."""
     parser = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=description)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out"),
                         help="folder for the dataset (.nc) and the figure (.png); default out/")
     parser.add_argument("--quick", action="store_true", help="a small, fast version")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    parser.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
+                        help="run the networks on the CPU cores or an NVIDIA GPU (numba.cuda)")
     return parser
 
 

@@ -16,10 +16,13 @@ per gate, the white input added to every gate's pre-activation); they have no me
 field, and their spectral radius is that of the candidate block (LSTM g, GRU n).
 
     python -m studies.edge_of_chaos --gains 0.5:3.0:26 --sigma-x 0,0.5,1 --units 1000 \\
-        --seeds 4 --steps 3000 --burn-in 1000 --out DIR [--workers 2 | --scheduler ADDR]
+        --seeds 4 --steps 3000 --burn-in 1000 --out DIR [--workers 2 | --scheduler ADDR] \\
+        [--backend cuda]
 
 writes ``DIR/edge_of_chaos.nc`` and ``DIR/edge_of_chaos.png`` (and the resumable store
-``DIR/edge_of_chaos.zarr``) and prints a summary.
+``DIR/edge_of_chaos.zarr``) and prints a summary. With ``--backend cuda`` the networks
+run on an NVIDIA GPU (one per dask worker); the gradient is then followed on a
+trajectory of its own (the GPU's Lyapunov walk keeps no tape), with the same result.
 """
 import functools
 import time
@@ -84,9 +87,9 @@ def network(cell, weights_hh, dtype):
     return (dynamics.LSTM if cell == "lstm" else dynamics.GRU)(**parameters)
 
 
-def simulate(points, seeds, *, cell, units, steps, burn_in, dtype, base_seed):
-    """One chunk of grid points, run as one ensemble: lambda_max, gradient decay rate
-    and spectral radius per point."""
+def simulate(points, seeds, *, cell, units, steps, burn_in, dtype, base_seed, backend="cpu"):
+    """One chunk of grid points, run as one ensemble on ``backend``: lambda_max, gradient
+    decay rate and spectral radius per point."""
     gains, sigmas = points["gain"], points["sigma_x"]
     W0 = np.stack([base_weights(cell, units, int(s), base_seed) for s in points["seed"]])
     rnn = network(cell, gains[:, None, None] * W0, dtype)
@@ -98,11 +101,18 @@ def simulate(points, seeds, *, cell, units, steps, burn_in, dtype, base_seed):
     h0 = np.stack([rng.normal(0.0, 1.0, (1, units)) for rng in rngs])[None].astype(dtype)
     state = (h0, np.zeros_like(h0)) if cell == "lstm" else h0
     with np.errstate(over="ignore", invalid="ignore"):  # diverged runs are flagged
-        lyapunov = analysis.lyapunov_spectrum(rnn, drive=drive, n_exponents=1, burn_in=burn_in,
-                                              h0=state, dtype=dtype, gradient_lags=steps)
+        lyapunov = analysis.lyapunov_spectrum(
+            rnn, drive=drive, n_exponents=1, burn_in=burn_in, h0=state, dtype=dtype,
+            gradient_lags=steps if backend == "cpu" else None, backend=backend)
+        if backend == "cpu":
+            decay = lyapunov.gradient_decay_rate
+        else:  # the same adjoint, on a trajectory of its own (the GPU walk keeps no tape)
+            decay = analysis.gradient_norm_vs_lag(
+                rnn, drive=drive, max_lag=steps, h0=state, dtype=dtype, products=False,
+                backend=backend).decay_rate.sel(norm="adjoint")
     radius = [base_spectral_radius(cell, units, int(s), base_seed) for s in points["seed"]]
     return {"lyapunov_max": lyapunov.lyapunov_max.values[:, 0],
-            "grad_decay_rate": lyapunov.gradient_decay_rate.values[:, 0],
+            "grad_decay_rate": decay.values[:, 0],
             "spectral_radius": gains * np.array(radius),
             "diverged": lyapunov.diverged.values[:, 0]}
 
@@ -126,11 +136,12 @@ def zero_crossing(gains, values):
 
 
 def build_sweep(gains, sigma_x, units, seeds, steps, burn_in, cell="rnn_tanh",
-                dtype="float64", seed=0, chunk_size=4):
+                dtype="float64", seed=0, chunk_size=4, backend="cpu"):
+    """The study's Sweep; ``backend`` ("cpu" or "cuda") runs the networks there."""
     config = dict(cell=cell, units=units, steps=steps, burn_in=burn_in, dtype=dtype)
-    compute = functools.partial(simulate, base_seed=seed, **config)
+    compute = functools.partial(simulate, base_seed=seed, backend=backend, **config)
     return Sweep(NAME, {"sigma_x": sigma_x, "gain": gains, "seed": np.arange(seeds)}, compute,
-                 OUTPUTS, config=config, seed=seed, chunk_size=chunk_size,
+                 OUTPUTS, config=config, seed=seed, chunk_size=chunk_size, backend=backend,
                  coords_attrs={"sigma_x": ("input standard deviation per unit", "1"),
                                "gain": ("recurrent gain g, W_ij ~ N(0, g^2/N)", "1"),
                                "seed": ("network seed (W_0)", "1")})
@@ -212,7 +223,7 @@ def main(argv=None):
         parser.error(f"--burn-in must be at least 0, got {sizes['burn_in']}")
     start = time.perf_counter()
     sweep = build_sweep(**sizes, cell=args.cell, dtype=args.dtype, seed=args.seed,
-                        chunk_size=args.chunk_size)
+                        chunk_size=args.chunk_size, backend=args.backend)
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.store or str(args.out / f"{NAME}.zarr")
     swept = sweep.run(store=store, workers=args.workers, scheduler=args.scheduler)

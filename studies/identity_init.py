@@ -34,8 +34,11 @@ from its zarr stores.
     python -m studies.identity_init [--quick] [--out DIR] [--inits irnn,lstm_fb1]
         [--lengths 50,100,200] [--seeds 3] [--steps 2000] [--units 64] [--batch 32]
         [--lr 1e-3] [--clip 1.0] [--workers N | --scheduler ADDR] [--dtype float32]
+        [--backend cuda]
 
-writes ``DIR/identity_init.nc`` and ``DIR/identity_init.png`` and prints a table.
+writes ``DIR/identity_init.nc`` and ``DIR/identity_init.png`` and prints a table. With
+``--backend cuda`` the networks (analysis, forward passes and BPTT) run on an NVIDIA GPU,
+one per dask worker; readouts, losses and Adam stay on the CPU.
 """
 import functools
 import json
@@ -91,7 +94,7 @@ def network(init, units, seeds, base_seed, dtype):
         base_seed, spawn_key=(1, index, s)), **options) for s in range(seeds))
 
 
-def analyse_point(points, point_seeds, *, units, seeds, lags, dtype, base_seed):
+def analyse_point(points, point_seeds, *, units, seeds, lags, dtype, base_seed, backend="cpu"):
     """Sweep computation at initialisation: grad_norm (lag) and lyapunov_max (seed)."""
     x, _ = adding_problem(lags, ANALYSIS_BATCH, np.random.SeedSequence(base_seed, spawn_key=(4,)),
                           dtype=dtype)
@@ -99,16 +102,17 @@ def analyse_point(points, point_seeds, *, units, seeds, lags, dtype, base_seed):
     for init in points["init"]:
         model = network(str(init), units, seeds, base_seed, dtype)
         norms = analysis.gradient_norm_vs_lag(model, x, max_lag=lags - 1, products=False,
-                                              dtype=dtype)
+                                              dtype=dtype, backend=backend)
         log_norm = norms.log_gradient_norm.sel(norm="adjoint")
         grad.append(np.exp(log_norm.mean(("member", "batch")).values))
         spectrum = analysis.lyapunov_spectrum(model, x, n_exponents=1, burn_in=lags // 5,
-                                              dtype=dtype)
+                                              dtype=dtype, backend=backend)
         lyap.append(spectrum.lyapunov_max.mean("batch").values)
     return {"grad_norm": np.array(grad), "lyapunov_max": np.array(lyap)}
 
 
-def train_point(points, point_seeds, *, units, seeds, steps, batch, lr, clip, dtype, base_seed):
+def train_point(points, point_seeds, *, units, seeds, steps, batch, lr, clip, dtype, base_seed,
+                backend="cpu"):
     """Sweep computation of one (init, seq_len) chunk: train the init's seeds as one
     ensemble; loss (seed, step), final_mse (seed), diverged (seed)."""
     results = {"loss": [], "final_mse": [], "diverged": []}
@@ -118,10 +122,11 @@ def train_point(points, point_seeds, *, units, seeds, steps, batch, lr, clip, dt
         data = minibatches(adding_problem, seed=np.random.SeedSequence(
             base_seed, spawn_key=(2, seq_len)), seq_len=seq_len, batch=batch, dtype=dtype)
         run = dynamics.train(model, data, steps=steps, readout=1, optimizer=Adam(lr), clip=clip,
-                             seed=np.random.SeedSequence(base_seed, spawn_key=(5,)))
+                             seed=np.random.SeedSequence(base_seed, spawn_key=(5,)),
+                             backend=backend)
         x, y = adding_problem(seq_len, TEST_BATCH, np.random.SeedSequence(
             base_seed, spawn_key=(3, seq_len)), dtype=dtype)
-        final = dynamics.evaluate(run.model, run.readout, x, y)
+        final = dynamics.evaluate(run.model, run.readout, x, y, backend=backend)
         diverged = run.history.diverged.values
         results["loss"].append(run.history.loss.values)
         results["final_mse"].append(np.where(diverged, np.nan, final))
@@ -130,8 +135,8 @@ def train_point(points, point_seeds, *, units, seeds, steps, batch, lr, clip, dt
 
 
 def build_sweeps(inits, lengths, seeds, steps, units, batch, lr=1e-3, clip=1.0,
-                 dtype="float64", seed=0):
-    """(analysis sweep over init, training sweep over init x seq_len)."""
+                 dtype="float64", seed=0, backend="cpu"):
+    """(analysis sweep over init, training sweep over init x seq_len), run on ``backend``."""
     lags = int(max(lengths))
     sizes = dict(units=units, seeds=seeds, dtype=dtype)
     seed_coords = {"seed": np.arange(seeds)}
@@ -139,7 +144,7 @@ def build_sweeps(inits, lengths, seeds, steps, units, batch, lr=1e-3, clip=1.0,
     init_attrs = {"init": ("initialisation (see the description attr)", "1")}
     at_init = Sweep(
         f"{NAME}_analysis", {"init": list(inits)},
-        functools.partial(analyse_point, lags=lags, base_seed=seed, **sizes),
+        functools.partial(analyse_point, lags=lags, base_seed=seed, backend=backend, **sizes),
         {"grad_norm": Output("BPTT adjoint norm ||dL/ds_(T-lag)|| at initialisation, loss on "
                              "the last state, geometric mean over seeds and batch", "1",
                              ("lag",), {"lag": np.arange(lags)},
@@ -147,11 +152,12 @@ def build_sweeps(inits, lengths, seeds, steps, units, batch, lr=1e-3, clip=1.0,
          "lyapunov_max": Output("largest Lyapunov exponent at initialisation, adding-problem "
                                 "input, batch mean", "nats/step", ("seed",), seed_coords,
                                 seed_attrs)},
-        config=dict(lags=lags, **sizes), coords_attrs=init_attrs, seed=seed, chunk_size=1)
+        config=dict(lags=lags, **sizes), coords_attrs=init_attrs, seed=seed, chunk_size=1,
+        backend=backend)
     training = dict(steps=steps, batch=batch, lr=lr, clip=clip, **sizes)
     trained = Sweep(
         f"{NAME}_training", {"init": list(inits), "seq_len": np.asarray(lengths, dtype=np.int64)},
-        functools.partial(train_point, base_seed=seed, **training),
+        functools.partial(train_point, base_seed=seed, backend=backend, **training),
         {"loss": Output("training MSE on each step's minibatch (nan after divergence)", "1",
                         ("seed", "step"), {**seed_coords, "step": np.arange(steps)},
                         {**seed_attrs, "step": ("training step", "1")}),
@@ -160,16 +166,19 @@ def build_sweeps(inits, lengths, seeds, steps, units, batch, lr=1e-3, clip=1.0,
          "diverged": Output("training stopped on a non-finite loss, gradient or update", "1",
                             ("seed",), seed_coords, seed_attrs, dtype="bool")},
         config=training, coords_attrs={**init_attrs, "seq_len": (
-            "sequence length T of the adding problem", "steps")}, seed=seed, chunk_size=1)
+            "sequence length T of the adding problem", "steps")}, seed=seed, chunk_size=1,
+        backend=backend)
     return at_init, trained
 
 
 def identity_init(inits=tuple(INITS), lengths=FULL["lengths"], seeds=3, steps=2000, units=64,
                   batch=32, lr=1e-3, clip=1.0, dtype="float64", seed=0, store=None,
-                  progress=False, **where):
+                  progress=False, backend="cpu", **where):
     """Run both sweeps and merge them into one Dataset (see the module docstring).
 
-    ``store``: a folder for the two resumable zarr stores (None: in memory); ``where``:
+    ``store``: a folder for the two resumable zarr stores (None: in memory); ``backend``:
+    "cpu" or "cuda", where the networks run (recorded in the ``backend`` attr, not in the
+    configuration: a store begun on one backend resumes on the other); ``where``:
     ``workers`` or ``scheduler`` of ``Sweep.run``.
 
     >>> ds = identity_init(["irnn", "gru"], lengths=[6], seeds=2, steps=3, units=4, batch=4)
@@ -188,7 +197,7 @@ def identity_init(inits=tuple(INITS), lengths=FULL["lengths"], seeds=3, steps=20
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     at_init, trained = build_sweeps(inits, lengths.astype(int).tolist(), seeds, steps, units,
-                                    batch, lr, clip, dtype, seed)
+                                    batch, lr, clip, dtype, seed, backend)
     paths = [None, None] if store is None else [f"{store}/{s.name}.zarr" for s in (at_init, trained)]
     ds = xr.merge([at_init.run(paths[0], progress=progress, **where),
                    trained.run(paths[1], progress=progress, **where)], combine_attrs="override")
@@ -278,6 +287,7 @@ def main(argv=None):
     try:
         ds = identity_init(args.inits, lr=args.lr, clip=args.clip, dtype=args.dtype,
                            seed=args.seed, store=str(args.out), progress=True,
+                           backend=args.backend,
                            workers=args.workers, scheduler=args.scheduler, **sizes)
     except ValueError as error:
         parser.error(str(error))

@@ -45,7 +45,10 @@ point; nan if it never falls below 1/2 within the lengths swept.
     python -m studies.memory_signal [--quick] [--out DIR] [--units 64] [--inputs 8]
         [--lengths 1,2,5,10,20,50,100,200,500] [--seeds 8] [--trials 8]
         [--noise 0.1] [--signal 1.0] [--cells rnn_tanh,lstm_fb1] [--seed 0]
-        [--dtype float64]
+        [--dtype float64] [--backend cuda]
+
+``--backend cuda`` runs the forward passes and BPTT on an NVIDIA GPU; the numbers are
+the same (to rounding), and the ``backend`` attr records where they were computed.
 
 The state measurement subtracts two runs whose states are of order 1, so it cannot
 resolve less than about machine epsilon times ||h_T||: ``state_floor`` is that
@@ -79,6 +82,8 @@ import xarray as xr
 
 import dynamics
 from analysis._common import attrs, provenance
+from dynamics.propagation import BACKENDS
+from dynamics.validation import check_choice
 from studies._common import save, study_parser
 
 NAME = "memory_signal"
@@ -154,10 +159,10 @@ def draw_inputs(input_size, units, steps, seeds, trials, noise, seed=0, dtype="f
     return background.astype(dtype), u.astype(dtype), v.astype(dtype)
 
 
-def state_distance(model, background, signal):
+def state_distance(model, background, signal, backend="cpu"):
     """``||h_t(signal) - h_t(none)||`` and ``||h_t(none)||`` at every step t, both
     ``(T, E, B)``, for an ensemble ``model`` run on ``background (T, E, B, D)`` with
-    ``signal (E, D)`` added to the input at step 1.
+    ``signal (E, D)`` added to the input at step 1; the network runs on ``backend``.
 
     >>> rnn = build_ensemble("rnn_tanh", 2, 3, seeds=1)
     >>> distance, size = state_distance(rnn, np.zeros((4, 1, 1, 2)), np.zeros((1, 2)))
@@ -166,14 +171,15 @@ def state_distance(model, background, signal):
     """
     with_signal = background.copy()
     with_signal[0] += signal[:, None, :]
-    h_none = dynamics.forward(model, background).output
-    h_signal = dynamics.forward(model, with_signal).output
+    h_none = dynamics.forward(model, background, backend=backend).output
+    h_signal = dynamics.forward(model, with_signal, backend=backend).output
     return norm(h_signal - h_none), norm(h_none)
 
 
-def first_input_gradient(model, background, readout):
+def first_input_gradient(model, background, readout, backend="cpu"):
     """``dL/dx_1`` for ``L = <v, h_T>`` (T the last step), ``(E, B, D)``, for an ensemble
-    ``model`` on ``background (T, E, B, D)`` with readouts ``v = readout (E, H)``.
+    ``model`` on ``background (T, E, B, D)`` with readouts ``v = readout (E, H)``, by
+    ``dynamics.bptt`` on ``backend``.
 
     >>> rnn = build_ensemble("rnn_tanh", 2, 3, seeds=1)
     >>> x = np.zeros((1, 1, 1, 2))      # one step from h0 = 0 with zero input and bias b:
@@ -186,7 +192,7 @@ def first_input_gradient(model, background, readout):
     steps, E, B, _ = background.shape
     grad_output = np.zeros((steps, E, B, model.hidden_size), background.dtype)
     grad_output[-1] = readout[:, None, :]
-    return dynamics.bptt(model, background, grad_output)["x"][0]
+    return dynamics.bptt(model, background, grad_output, backend=backend)["x"][0]
 
 
 def norm(values, axis=-1):
@@ -240,7 +246,8 @@ def half_life(survival, lengths):
 
 
 def memory_signal(cells=tuple(CELLS), lengths=FULL_LENGTHS, units=64, inputs=8, seeds=8,
-                  trials=8, noise=0.1, signal=1.0, seed=0, dtype="float64", progress=False):
+                  trials=8, noise=0.1, signal=1.0, seed=0, dtype="float64", progress=False,
+                  backend="cpu"):
     """Survival of a signal injected at step 1, in the state and the gradient, against T.
 
     Parameters
@@ -255,6 +262,7 @@ def memory_signal(cells=tuple(CELLS), lengths=FULL_LENGTHS, units=64, inputs=8, 
     seed : base seed of every ``SeedSequence`` (see the module docstring)
     dtype : "float64" or "float32"
     progress : show a tqdm bar over cells
+    backend : "cpu" or "cuda": where the forward passes and BPTT run (the ``backend`` attr)
 
     Returns
     -------
@@ -274,6 +282,7 @@ def memory_signal(cells=tuple(CELLS), lengths=FULL_LENGTHS, units=64, inputs=8, 
     if not (np.isfinite(noise) and noise >= 0 and np.isfinite(signal) and signal > 0):
         raise ValueError(f"need noise >= 0 and signal > 0, finite, got noise={noise}, "
                          f"signal={signal}")
+    check_choice("backend", backend, BACKENDS)
     dtype = np.dtype(dtype)
     background, u, v = draw_inputs(inputs, units, int(lengths[-1]), seeds, trials, noise,
                                    seed, dtype)
@@ -285,21 +294,22 @@ def memory_signal(cells=tuple(CELLS), lengths=FULL_LENGTHS, units=64, inputs=8, 
         iterator = tqdm(cells, desc=NAME, file=sys.stderr)
     for c, cell in enumerate(iterator):
         model = build_ensemble(cell, inputs, units, seeds, seed, dtype)
-        distance, size = (rms(a) for a in state_distance(model, background, signal * u))
+        distance, size = (rms(a) for a in state_distance(model, background, signal * u,
+                                                          backend))
         with np.errstate(divide="ignore", invalid="ignore"):      # (T, E): RMS over trials
             state[c] = distance[lengths - 1] / distance[0]
             floor[c] = np.finfo(dtype).eps * size[lengths - 1] / distance[0]
-            reference = rms(norm(first_input_gradient(model, background[:1], v)))
+            reference = rms(norm(first_input_gradient(model, background[:1], v, backend)))
             for i, T in enumerate(lengths):
-                grad = first_input_gradient(model, background[:T], v)
+                grad = first_input_gradient(model, background[:T], v, backend)
                 gradient[c, i] = rms(norm(grad)) / reference
     config = dict(cells=cells, lengths=lengths.tolist(), units=units, inputs=inputs,
                   seeds=seeds, trials=trials, noise=noise, signal=signal,
                   init="uniform (torch default)")
-    return to_dataset(state, gradient, floor, cells, lengths, dtype, config, seed)
+    return to_dataset(state, gradient, floor, cells, lengths, dtype, config, seed, backend)
 
 
-def to_dataset(state, gradient, floor, cells, lengths, dtype, config, seed):
+def to_dataset(state, gradient, floor, cells, lengths, dtype, config, seed, backend):
     """The measurements ``(cell, seq_len, seed)`` as an xarray Dataset, attrs on everything."""
     dims = ("cell", "seq_len", "seed")
     relative = "RMS over trials, relative to its value at T = 1"
@@ -331,7 +341,7 @@ def to_dataset(state, gradient, floor, cells, lengths, dtype, config, seed):
                          attrs("index of the network and input draw", "1")),
                 "forget_bias": ("cell", np.asarray(forget, float), attrs(
                     "LSTM forget-gate bias (nan: not an LSTM)", "1"))},
-        attrs=provenance(f"studies.{NAME}", config, dtype, seed))
+        attrs=provenance(f"studies.{NAME}", config, dtype, seed, backend))
 
 
 def figure(dataset):
@@ -449,7 +459,8 @@ def main(argv=None):
     units = default(args.units, 64, 32)
     start = time.perf_counter()
     dataset = memory_signal(args.cells, lengths, units, args.inputs, seeds, args.trials,
-                            args.noise, args.signal, args.seed, args.dtype, progress=True)
+                            args.noise, args.signal, args.seed, args.dtype, progress=True,
+                            backend=args.backend)
     fig = figure(dataset)
     netcdf, png = save(dataset, fig, args.out, NAME)
     import matplotlib.pyplot as plt

@@ -12,9 +12,12 @@ revive a gradient that has already vanished: it only ever shrinks vectors.
 
     python -m studies.vanishing_exploding [--quick] [--out DIR] [--seed 0]
         [--units 64] [--max-lag 100] [--spectral-norms 0.5,0.9,1.1,1.5] [--clip 1]
+        [--backend cuda]
 
 writes ``DIR/vanishing_exploding.nc`` and ``DIR/vanishing_exploding.png`` and prints
-the tables.
+the tables. ``--backend cuda`` runs the pulse's forward pass on an NVIDIA GPU; the
+Jacobian products and their spectral norms (``analysis.jacobian_product``,
+``state_jacobians`` and ``gradient_norm_vs_lag`` with products) always run on the CPU.
 
 Part 1, the textbook table: h_t = tanh(w h_(t-1) + u x_t), u = 1, no bias,
 h_(-1) = 0, a pulse x_0 = 1 then x_t = 0, so h_0 = tanh(1) is the state right after
@@ -47,6 +50,8 @@ import analysis
 import dynamics
 from analysis._common import attrs, provenance
 from dynamics.init import recurrent_block
+from dynamics.propagation import BACKENDS
+from dynamics.validation import check_choice
 from studies._common import parse_grid, save, study_parser
 
 NAME = "vanishing_exploding"
@@ -63,7 +68,8 @@ QUICK = {"units": 16, "max_lag": 30, "burn_in": 10, "batch": 2}
 
 # --- part 1: one tanh unit ------------------------------------------------------------
 
-def pulse_gradients(weights=PULSE_WEIGHTS, steps=PULSE_STEPS, dtype=np.float64):
+def pulse_gradients(weights=PULSE_WEIGHTS, steps=PULSE_STEPS, dtype=np.float64,
+                    backend="cpu"):
     """|dh_T/dh_0| and h_T of one tanh unit after a unit pulse, for T = 0..steps.
 
     The unit is h_t = tanh(w h_(t-1) + x_t) (W_ih = 1, zero biases), h_(-1) = 0,
@@ -77,6 +83,8 @@ def pulse_gradients(weights=PULSE_WEIGHTS, steps=PULSE_STEPS, dtype=np.float64):
     weights : recurrent weights w (W_hh), one per ensemble member
     steps : the largest T
     dtype : float64 (default) or float32
+    backend : "cpu" or "cuda": where the forward pass giving the states runs (the
+        Jacobian products run on the CPU)
 
     Returns
     -------
@@ -101,7 +109,7 @@ def pulse_gradients(weights=PULSE_WEIGHTS, steps=PULSE_STEPS, dtype=np.float64):
     x[0] = 1.0
     gradient = np.array([analysis.jacobian_product(rnn, x, t=T, k=0, dtype=dtype).values[:, 0, 0, 0]
                          for T in range(steps + 1)]).T
-    state = dynamics.forward(rnn, x).output[:, :, 0, 0].T
+    state = dynamics.forward(rnn, x, backend=backend).output[:, :, 0, 0].T
     return np.abs(gradient), state
 
 
@@ -308,11 +316,11 @@ def gated_curves(config, stream, x, v):
     return labels, np.array(jacobian), np.array(adjoint)
 
 
-def pulse_part(config):
+def pulse_part(config, backend):
     """Part 1 as a Dataset: ``pulse_gradient``, ``pulse_state`` (w, time),
     ``fixed_point``, ``fixed_point_slope`` (w)."""
     weights = np.asarray(config["weights"], dtype=np.float64)
-    gradient, state = pulse_gradients(weights, config["pulse_steps"], config["dtype"])
+    gradient, state = pulse_gradients(weights, config["pulse_steps"], config["dtype"], backend)
     fixed = np.array([fixed_point(w) for w in weights])
     return xr.Dataset(
         {"pulse_gradient": (("w", "time"), gradient, attrs(
@@ -365,8 +373,11 @@ def network_part(config):
             "cell": ("cell", cells, attrs("gated cell (Gaussian gain-1 W_hh)", "1"))})
 
 
-def run(config):
+def run(config, backend="cpu"):
     """Both parts of the study for ``config`` (see ``study_config``), as a Dataset.
+
+    ``backend`` ("cpu" or "cuda") is where the pulse's forward pass runs, recorded in the
+    ``backend`` attr; the Jacobian products and their norms always run on the CPU.
 
     Variables: ``pulse_gradient``, ``pulse_state`` (w, time); ``fixed_point``,
     ``fixed_point_slope`` (w); ``jacobian_norm`` (matrix, activation, spectral_norm,
@@ -383,9 +394,10 @@ def run(config):
     >>> round(float(ds.jacobian_norm.sel(matrix="orthogonal", activation="linear", lag=5)[0]), 12)
     0.03125
     """
-    ds = xr.merge([pulse_part(config), network_part(config)], combine_attrs="override")
+    check_choice("backend", backend, BACKENDS)
+    ds = xr.merge([pulse_part(config, backend), network_part(config)], combine_attrs="override")
     dtype = np.dtype(config["dtype"])
-    ds.attrs.update(provenance(f"studies.{NAME}", config, dtype, config["seed"]))
+    ds.attrs.update(provenance(f"studies.{NAME}", config, dtype, config["seed"], backend))
     return ds
 
 
@@ -496,6 +508,8 @@ def study_config(quick=False, seed=0, dtype="float64", **overrides):
 def main(argv=None):
     """Parse the command line, run the study, save and print it; return the Dataset."""
     parser = study_parser(__doc__.splitlines()[0], NAME)
+    parser.epilog = ("--backend cuda runs the pulse's forward pass on the GPU; the Jacobian "
+                     "products and their spectral norms always run on the CPU.")
     parser.add_argument("--units", type=int,
                         help="N, units of the matrix version (default 64, quick 16)")
     parser.add_argument("--max-lag", type=int, help="L, the largest lag (default 100, quick 30)")
@@ -516,7 +530,7 @@ def main(argv=None):
                           spectral_norms=None if args.spectral_norms is None
                           else args.spectral_norms.tolist())
     start = time.perf_counter()
-    ds = run(config)
+    ds = run(config, args.backend)
     netcdf, png = save(ds, figure(ds), args.out, NAME)
     print(pulse_table(ds))
     print()

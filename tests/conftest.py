@@ -16,6 +16,8 @@ Public names (kept stable; import them with ``from conftest import ...``):
 
 A hypothesis profile "recurrent" (deadline=None, max_examples=20, no too_slow check) is
 registered and loaded; set ``HYPOTHESIS_PROFILE`` to choose another one ("thorough": 200).
+(Whether CUDA kernels run on a GPU or in numba's simulator is decided in the root
+``conftest.py``.)
 """
 import os
 from dataclasses import dataclass

@@ -534,7 +534,7 @@ def truncation_numpy_int_ok():
     return {"x_shape": list(g1["x"].shape)}
 
 # ---------------------------------------------------------------- backend
-for name in ("cuda", "gpu", "CPU", "tpu"):
+for name in ("CUDA", "gpu", "CPU", "tpu"):
     CASES["backend_forward_" + name] = (lambda b: lambda: dynamics.forward(rnn(D=3), np.zeros((5, 2, 3)), backend=b))(name)
     CASES["backend_bptt_" + name] = (lambda b: lambda: dynamics.bptt(rnn(D=3), np.zeros((5, 2, 3)), np.zeros((5, 2, 4)), backend=b))(name)
 
@@ -954,7 +954,7 @@ def test_numpy_integer_truncation_accepted(outcomes):
 
 # ------------------------------------------------------------------ backend
 @pytest.mark.parametrize("function", ["forward", "bptt"])
-@pytest.mark.parametrize("backend", ["cuda", "gpu", "CPU", "tpu"])
+@pytest.mark.parametrize("backend", ["CUDA", "gpu", "CPU", "tpu"])
 def test_unknown_backend(outcomes, function, backend):
     expect_error(outcomes, f"backend_{function}_{backend}", "ValueError", "backend",
                  repr(backend))

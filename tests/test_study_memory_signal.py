@@ -95,6 +95,7 @@ def test_half_life_is_exact_for_exponential_decay():
     ({"lengths": [0, 2]}, "lengths must be increasing"),
     ({"seeds": 0}, "seeds must be"),
     ({"signal": 0.0}, "signal > 0"),
+    ({"backend": "tpu"}, "backend must be one of"),
 ])
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):

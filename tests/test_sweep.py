@@ -1,5 +1,7 @@
 """The sweep engine: chunking and seeds, zarr resume (SIGKILL included), refusal of a
-foreign store, dask (a LocalCluster, a worker lost mid-sweep), and the edge-of-chaos study."""
+foreign store, dask (a LocalCluster, a worker lost mid-sweep), the cuda backend (numba's
+simulator without a GPU), and the edge-of-chaos study."""
+import functools
 import os
 import signal
 import subprocess
@@ -12,7 +14,8 @@ import xarray as xr
 import zarr
 from sweep_toys import toy_sweep
 
-from analysis.sweep import Sweep, save_netcdf
+import dynamics
+from analysis.sweep import Output, Sweep, save_netcdf
 
 HERE = os.path.dirname(__file__)
 
@@ -112,6 +115,32 @@ def test_bad_sweeps_are_refused():
         Sweep("x", {"a": [1.0]}, lambda p, s: {}, toy_sweep().outputs).run(progress=False)
     with pytest.raises(ValueError, match="one of client, scheduler and workers"):
         toy_sweep().run(workers=2, scheduler="tcp://localhost:1", progress=False)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Sweep("x", {"a": [1]}, None, toy_sweep().outputs, backend="tpu")
+
+
+def final_states(points, seeds, *, backend):
+    """Per point, the last state of a 3-unit RNN of gain ``a`` over 4 steps, on ``backend``."""
+    rnn = dynamics.Cell.stack([dynamics.RNN.init(1, 3, init="gaussian", gain=a, seed=s)
+                               for a, s in zip(points["a"], seeds)])
+    x = np.stack([np.random.default_rng(s).normal(size=(4, 1, 1)) for s in seeds], axis=1)
+    return {"state": dynamics.forward(rnn, x, backend=backend).h_n[0, :, 0]}
+
+
+def states_sweep(backend):
+    return Sweep("states", {"a": [0.5, 1.5, 3.0]}, functools.partial(final_states, backend=backend),
+                 {"state": Output("final state", "1", ("unit",), {"unit": np.arange(3)})},
+                 chunk_size=2, backend=backend)
+
+
+def test_cuda_backend_gives_the_cpu_result_and_its_store_resumes_on_cpu(tmp_path):
+    cpu = states_sweep("cpu").run(progress=False)
+    store = str(tmp_path / "states.zarr")
+    cuda = states_sweep("cuda").run(store=store, progress=False)
+    np.testing.assert_allclose(cuda.state, cpu.state, rtol=1e-12)
+    assert (cpu.attrs["backend"], cuda.attrs["backend"]) == ("cpu", "cuda")
+    resumed = states_sweep("cpu").run(store=store, progress=False)  # nothing left to compute
+    assert_identical(cuda, resumed)
 
 
 def test_edge_of_chaos_quick_run(tmp_path):
@@ -136,3 +165,19 @@ def test_edge_of_chaos_quick_run(tmp_path):
     np.testing.assert_allclose(ds.critical_gain_meanfield, [1.0, 1.8555894], rtol=1e-6)
     # the gradient's log-slope follows lambda_max
     np.testing.assert_allclose(ds.grad_decay_rate, ds.lyapunov_max, atol=0.1)
+
+
+def test_edge_of_chaos_on_cuda_equals_cpu(tmp_path):
+    """--backend cuda (numba's simulator without a GPU) at tiny sizes: the Lyapunov walk and
+    the gradient (on a trajectory of its own there) give the CPU's numbers."""
+    from studies import edge_of_chaos
+
+    sizes = dict(gains=np.array([0.5, 2.0]), sigma_x=np.array([0.0, 1.0]), units=2, seeds=1,
+                 steps=4, burn_in=2)
+    cpu = edge_of_chaos.build_sweep(**sizes).run(progress=False)
+    cuda = edge_of_chaos.main(["--out", str(tmp_path), "--gains", "0.5,2", "--sigma-x", "0,1",
+                               "--units", "2", "--seeds", "1", "--steps", "4", "--burn-in", "2",
+                               "--backend", "cuda"])
+    assert cuda.attrs["backend"] == "cuda"
+    for name in ("lyapunov_max", "grad_decay_rate", "diverged"):
+        np.testing.assert_allclose(cuda[name], cpu[name], rtol=1e-10, atol=1e-12, err_msg=name)

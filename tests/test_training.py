@@ -351,6 +351,7 @@ def test_invalid_optimiser_settings_are_refused(make, message):
     (dict(target="first"), ValueError, "target must be one of"),
     (dict(clip=-1.0), ValueError, "clip must be"),
     (dict(truncation=0), ValueError, "truncation must be"),
+    (dict(backend="gpu"), ValueError, "backend must be one of"),
     (dict(optimizer="adam"), TypeError, "optimizer must be"),
     (dict(optimizer=Adam(lr=[0.1, 0.2, 0.3])), ValueError, "lr has 3 values for an ensemble of 2"),
     (dict(readout=Readout(np.zeros((2, 1, 5)), np.zeros((2, 1)))), ValueError,
@@ -392,6 +393,24 @@ def test_invalid_training_arguments_are_refused(options, error, message):
 def test_invalid_task_readout_and_loss_arguments_are_refused(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_training_on_the_gpu_equals_training_on_the_cpu():
+    """backend="cuda" (numba's simulator without a GPU) moves the network's forward pass
+    and BPTT, not the result."""
+    rnn = dynamics.RNN.init(2, 3, init="gaussian", gain=1.2, seed=4)
+    batch = adding_problem(5, 2, seed=0)
+    runs = {backend: dynamics.train(rnn, batch, steps=3, readout=1, clip=1.0, seed=1,
+                                    backend=backend) for backend in ("cpu", "cuda")}
+    cpu, cuda = runs["cpu"], runs["cuda"]
+    np.testing.assert_allclose(cuda.history.loss, cpu.history.loss, rtol=1e-10)
+    np.testing.assert_allclose(cuda.history.grad_norm, cpu.history.grad_norm, rtol=1e-10)
+    for key, value in cpu.model.parameters().items():
+        np.testing.assert_allclose(cuda.model.parameters()[key], value, rtol=1e-10, atol=1e-14)
+    assert '"backend": "cuda"' in cuda.history.attrs["training"]
+    x, y = adding_problem(5, 3, seed=1)
+    np.testing.assert_allclose(dynamics.evaluate(cuda.model, cuda.readout, x, y, backend="cuda"),
+                               dynamics.evaluate(cpu.model, cpu.readout, x, y), rtol=1e-10)
 
 
 def test_backward_refuses_a_used_or_foreign_forward_result():

@@ -1,0 +1,245 @@
+"""The CUDA backend agrees with the CPU kernels.
+
+Without an NVIDIA GPU these tests run in numba's CUDA simulator (``tests/conftest.py``
+sets ``NUMBA_ENABLE_CUDASIM=1``): every GPU thread is a Python thread, so sizes are tiny
+and examples few. Tests marked ``gpu`` repeat the comparison at realistic sizes and run
+only on a real GPU. Tolerances (the issue's): float64 1e-12, float32 1e-5, on
+max |gpu - cpu| / max(1, max |cpu|).
+"""
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import analysis
+import dynamics
+from conftest import examples, net_configs, random_cell
+
+pytest.importorskip("numba_cuda", reason="the cuda backend needs the numba-cuda package")
+from dynamics import gpu  # noqa: E402
+from kernels import cuda_sequence  # noqa: E402
+
+SIMULATED = bool(numba.config.ENABLE_CUDASIM)  # the root conftest.py chose
+TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+gpu_only = pytest.mark.skipif(SIMULATED, reason="needs a real NVIDIA GPU")
+
+
+def assert_agree(got, want, dtype, what):
+    """Within the dtype's tolerance; equal infinities and nans (a log of 0, a diverged
+    run) count as agreeing."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, what
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    scale = max(1.0, float(np.max(np.abs(want[np.isfinite(want)]), initial=0.0)))
+    error = float(np.max(np.where(same, 0.0, np.abs(got - want)), initial=0.0)) / scale
+    assert error <= TOLERANCE[np.dtype(dtype)], f"{what}: relative error {error:.2e}"
+
+
+#: How a layer runs on the GPU: the walk (one block per sequence, W_hh in shared
+#: memory), the walk with two threads per block and W_hh read from global memory (every
+#: strided loop and the uncached branch), or the batched recurrence (tiled products).
+PATHS = ("walk", "walk_strided", "batched")
+
+
+def use_path(monkeypatch, path):
+    if path == "batched":
+        monkeypatch.setattr(gpu, "WALK_MIN_SEQUENCES", 10 ** 9)
+        monkeypatch.setattr(gpu, "BATCHED_MIN_BATCH", 1)
+    else:
+        monkeypatch.setattr(gpu, "WALK_MIN_SEQUENCES", 1)
+    if path == "walk_strided":
+        monkeypatch.setattr(cuda_sequence, "walk_threads", lambda n_rows: min(n_rows, 2))
+        monkeypatch.setattr(cuda_sequence, "SHARED_BYTES", 0)
+
+
+def run_both(model, x, h0, grad_output, truncation, monkeypatch, path):
+    """(cpu, cuda) pairs of (forward result, gradients)."""
+    results = []
+    for backend in ("cpu", "cuda"):
+        with monkeypatch.context() as patch:
+            if backend == "cuda":
+                use_path(patch, path)
+            forward = dynamics.forward(model, x, h0, backend=backend)
+            grads = dynamics.bptt(model, x, grad_output, h0, truncation=truncation,
+                                  backend=backend)
+        results.append((forward, grads))
+    return results
+
+
+@examples(5)
+@given(config=net_configs(T=(0, 4), B=(1, 3), D=(1, 3), H=(1, 4), num_layers=(1, 2)),
+       ensemble=st.sampled_from([None, 2]), own_inputs=st.booleans(),
+       truncation=st.sampled_from([None, 1, 2]), path=st.sampled_from(PATHS))
+def test_forward_and_bptt_agree_with_cpu(config, ensemble, own_inputs, truncation, path):
+    own_inputs = own_inputs and ensemble is not None
+    model = config.network(ensemble)
+    x, h0, c0 = config.inputs(ensemble=ensemble, own_inputs=own_inputs)
+    rng = np.random.default_rng(config.seed)
+    out_shape = x.shape[:-1] + (config.dirs * config.H,)
+    if ensemble is not None and not own_inputs:
+        out_shape = (x.shape[0], ensemble) + x.shape[1:-1] + (config.dirs * config.H,)
+    grad_output = rng.normal(size=out_shape).astype(config.dtype)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        (cpu, cpu_grads), (cuda, cuda_grads) = run_both(
+            model, x, config.h0_arg(h0, c0), grad_output, truncation, monkeypatch, path)
+    assert cuda.output.dtype == cpu.output.dtype
+    for name in ("output", "h_n", "c_n"):
+        if getattr(cpu, name) is not None:
+            assert_agree(getattr(cuda, name), getattr(cpu, name), config.dtype, name)
+    assert cuda_grads.keys() == cpu_grads.keys()
+    for name in cpu_grads:
+        assert_agree(cuda_grads[name], cpu_grads[name], config.dtype, f"gradient {name}")
+
+
+def test_long_sums_split_into_chunks(monkeypatch):
+    """T * B rows beyond ``SPLIT_MIN_TERMS``: the parameter gradients are summed in chunks
+    (``add_chunks``) and still agree (a GRU: its W_hh gradient comes in two blocks)."""
+    monkeypatch.setattr(gpu, "SPLIT_MIN_TERMS", 4)
+    cell = random_cell("gru", 2, 3, seed=5)
+    x = np.random.default_rng(1).normal(size=(6, 3, 2))
+    grad_output = np.random.default_rng(2).normal(size=(6, 3, 3))
+    cpu = dynamics.bptt(cell, x, grad_output)
+    cuda = dynamics.bptt(cell, x, grad_output, backend="cuda")
+    assert gpu._chunks(18, 1) > 1
+    for name in cpu:
+        assert_agree(cuda[name], cpu[name], np.float64, name)
+
+
+def test_runs_are_bitwise_reproducible():
+    cell = random_cell("lstm", 2, 3, seed=1, ensemble=2)
+    x = np.random.default_rng(0).normal(size=(3, 1, 2))
+    first = dynamics.bptt(cell, x, np.ones((3, 2, 1, 3)), backend="cuda")
+    second = dynamics.bptt(cell, x, np.ones((3, 2, 1, 3)), backend="cuda")
+    for name in first:
+        assert np.array_equal(first[name], second[name]), name
+
+
+@examples(6)
+@given(kind=st.sampled_from(["rnn_tanh", "rnn_relu", "lstm", "gru"]),
+       dtype=st.sampled_from([np.float32, np.float64]), n_exponents=st.integers(1, 2),
+       interval=st.integers(1, 3), burn_in=st.integers(0, 2),
+       drive=st.sampled_from(["none", "x", "drive"]), ensemble=st.sampled_from([None, 2]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_lyapunov_spectrum_agrees_with_cpu(kind, dtype, n_exponents, interval, burn_in, drive,
+                                           ensemble, seed):
+    cell = random_cell(kind, 2, 2, seed=seed, gain=0.8, ensemble=ensemble)
+    steps, batch = 6, 2
+    rng = np.random.default_rng(seed)
+    options = dict(n_exponents=n_exponents, interval=interval, burn_in=burn_in, seed=seed,
+                   dtype=dtype)
+    if drive == "x":
+        options["x"] = rng.normal(size=(steps, batch, 2))
+    elif drive == "drive":
+        options["drive"] = rng.normal(size=(steps, batch, cell.gates * 2))
+    else:
+        options.update(steps=steps, batch=batch)
+    cpu = analysis.lyapunov_spectrum(cell, **options)
+    cuda = analysis.lyapunov_spectrum(cell, **options, backend="cuda")
+    assert cuda.attrs["backend"] == "cuda"
+    for name in ("lyapunov_exponents", "finite_time_exponents", "running_estimate"):
+        assert_agree(cuda[name], cpu[name], dtype, name)
+    assert np.array_equal(cuda.diverged, cpu.diverged)
+
+
+def test_lyapunov_flags_divergence_like_cpu():
+    cell = dynamics.RNN(weight_ih=np.ones((2, 1)), weight_hh=np.eye(2) * 1e200,
+                        nonlinearity="relu")
+    cpu = analysis.lyapunov_spectrum(cell, steps=5, batch=2, n_exponents=1)
+    cuda = analysis.lyapunov_spectrum(cell, steps=5, batch=2, n_exponents=1, backend="cuda")
+    assert cpu.diverged.values.any()
+    assert np.array_equal(cuda.diverged, cpu.diverged)
+    assert np.array_equal(np.isnan(cuda.lyapunov_exponents), np.isnan(cpu.lyapunov_exponents))
+
+
+@examples(4)
+@given(kind=st.sampled_from(["rnn_tanh", "lstm", "gru"]), drive=st.booleans(),
+       max_lag=st.integers(0, 5), seed=st.integers(0, 2 ** 32 - 1))
+def test_adjoint_gradient_norm_agrees_with_cpu(kind, drive, max_lag, seed):
+    cell = random_cell(kind, 2, 3, seed=seed, gain=1.2)
+    rng = np.random.default_rng(seed)
+    width = cell.gates * 3 if drive else 2
+    inputs = {"drive" if drive else "x": rng.normal(size=(5, 2, width))}
+    cpu = analysis.gradient_norm_vs_lag(cell, **inputs, max_lag=max_lag, products=False)
+    cuda = analysis.gradient_norm_vs_lag(cell, **inputs, max_lag=max_lag, products=False,
+                                         backend="cuda")
+    assert_agree(cuda.log_gradient_norm.sel(norm="adjoint"),
+                 cpu.log_gradient_norm.sel(norm="adjoint"), np.float64, "log adjoint norm")
+    assert np.array_equal(cuda.diverged, cpu.diverged)
+
+
+def test_analysis_refuses_what_the_gpu_does_not_compute():
+    cell = random_cell("rnn_tanh", 1, 2)
+    with pytest.raises(ValueError, match="products=False"):
+        analysis.gradient_norm_vs_lag(cell, np.zeros((3, 1, 1)), backend="cuda")
+    with pytest.raises(ValueError, match="gradient_lags"):
+        analysis.lyapunov_spectrum(cell, steps=4, gradient_lags=2, backend="cuda")
+
+
+def _python(code, **env):
+    environment = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    environment.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=environment, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_importing_the_toolkit_does_not_load_cuda():
+    done = _python("import sys, dynamics, analysis, kernels, studies.edge_of_chaos\n"
+                   "import numpy as np\n"
+                   "dynamics.bptt(dynamics.RNN.init(1, 2), np.ones((3, 1, 1)), np.ones((3, 1, 2)))\n"
+                   "print(sorted(m for m in sys.modules if m.startswith(('numba.cuda', "
+                   "'numba_cuda', 'kernels.cuda', 'dynamics.gpu'))))")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(not SIMULATED, reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    done = _python("import numpy as np, dynamics\n"
+                   "dynamics.forward(dynamics.RNN.init(1, 2), np.ones((3, 1, 1)), backend='cuda')")
+    assert done.returncode == 1
+    assert "RuntimeError: backend='cuda' needs an NVIDIA GPU" in done.stderr
+    assert "NUMBA_ENABLE_CUDASIM" in done.stderr
+
+
+# -- realistic sizes, on a real GPU only ----------------------------------------------------
+
+@pytest.mark.gpu
+@gpu_only
+@pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ensemble_walk_at_scale(kind, dtype):
+    cell = random_cell(kind, 64, 64, seed=3, ensemble=512, dtype=dtype)
+    x = np.random.default_rng(0).normal(size=(200, 1, 64)).astype(dtype)
+    grad_output = np.random.default_rng(1).normal(size=(200, 512, 1, 64)).astype(dtype)
+    cpu = dynamics.bptt(cell, x, grad_output, truncation=50)
+    cuda = dynamics.bptt(cell, x, grad_output, truncation=50, backend="cuda")
+    for name in cpu:
+        assert_agree(cuda[name], cpu[name], dtype, name)
+
+
+@pytest.mark.gpu
+@gpu_only
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batched_lstm_at_scale(dtype):
+    cell = random_cell("lstm", 256, 256, seed=4, dtype=dtype)
+    x = np.random.default_rng(0).normal(size=(32, 256, 256)).astype(dtype)
+    grad_output = np.ones((32, 256, 256), dtype)
+    cpu = dynamics.bptt(cell, x, grad_output)
+    cuda = dynamics.bptt(cell, x, grad_output, backend="cuda")
+    for name in cpu:
+        assert_agree(cuda[name], cpu[name], dtype, name)
+
+
+@pytest.mark.gpu
+@gpu_only
+def test_lyapunov_at_scale():
+    cell = random_cell("rnn_tanh", 1, 128, seed=5, gain=0.9, ensemble=64)
+    cpu = analysis.lyapunov_spectrum(cell, steps=300, n_exponents=4, interval=5)
+    cuda = analysis.lyapunov_spectrum(cell, steps=300, n_exponents=4, interval=5,
+                                      backend="cuda")
+    assert_agree(cuda.lyapunov_exponents, cpu.lyapunov_exponents, np.float64, "exponents")
