@@ -72,31 +72,49 @@ def _all_finite(h, c, q, partial):
 
 
 @cuda.jit(device=True)
+def _project_out(q, m, partial):
+    """Column m of q minus its projections on columns 0..m-1 (each projection twice); the
+    norm of what is left, in float64."""
+    first, stride = cuda.threadIdx.x, cuda.blockDim.x
+    size = q.shape[0]
+    for _ in range(2):
+        for l in range(m):
+            dot = 0.0
+            for i in range(first, size, stride):
+                dot += float(q[i, l]) * float(q[i, m])
+            dot = block_sum(partial, dot)
+            for i in range(first, size, stride):
+                q[i, m] -= dot * q[i, l]
+    squares = 0.0
+    for i in range(first, size, stride):
+        squares += float(q[i, m]) * float(q[i, m])
+    return math.sqrt(block_sum(partial, squares))
+
+
+@cuda.jit(device=True)
 def _orthonormalise(q, log_r, partial):
-    """q <- Q of q = QR by modified Gram-Schmidt (each projection twice); log |R_jj| into
-    ``log_r`` (k,) float64. A single annihilated tangent restarts from e_0 (as the CPU)."""
+    """q <- Q of q = QR by modified Gram-Schmidt; log |R_jj| into ``log_r`` (k,) float64.
+    A column annihilated by the dynamics (R_jj = 0, log -inf) is replaced, as Q's column
+    is in a Householder QR, by a unit vector orthogonal to the columns before it (the
+    first of e_0, e_1, ... that leaves one), so the tangents stay an orthonormal frame."""
     first, stride = cuda.threadIdx.x, cuda.blockDim.x
     size, n_vectors = q.shape
     for m in range(n_vectors):
-        for _ in range(2):
-            for l in range(m):
-                dot = 0.0
-                for i in range(first, size, stride):
-                    dot += float(q[i, l]) * float(q[i, m])
-                dot = block_sum(partial, dot)
-                for i in range(first, size, stride):
-                    q[i, m] -= dot * q[i, l]
-        squares = 0.0
-        for i in range(first, size, stride):
-            squares += float(q[i, m]) * float(q[i, m])
-        norm = math.sqrt(block_sum(partial, squares))
+        norm = _project_out(q, m, partial)
         if first == 0:
             log_r[m] = math.log(norm) if norm > 0.0 else -math.inf
-        for i in range(first, size, stride):
-            if norm > 0.0:
+        candidate = 0
+        annihilated = not norm > 0.0
+        while annihilated and candidate < size:  # a fresh direction: e_candidate's residue
+            for i in range(first, size, stride):
+                q[i, m] = 1.0 if i == candidate else 0.0
+            cuda.syncthreads()
+            norm = _project_out(q, m, partial)
+            annihilated = not norm > 0.5
+            candidate += 1
+        if norm > 0.0:  # (else the state was not finite: the caller stops)
+            for i in range(first, size, stride):
                 q[i, m] = q[i, m] / norm
-            elif n_vectors == 1:
-                q[i, m] = 1.0 if i == 0 else 0.0
         cuda.syncthreads()
 
 

@@ -13,7 +13,7 @@ import sys
 import numba
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import analysis
@@ -139,11 +139,33 @@ def test_lyapunov_spectrum_agrees_with_cpu(kind, dtype, n_exponents, interval, b
     else:
         options.update(steps=steps, batch=batch)
     cpu = analysis.lyapunov_spectrum(cell, **options)
+    # a direction that collapses (a ReLU unit switching off makes J singular) leaves
+    # rounding noise in LAPACK's QR (log |R_jj| ~ log eps) and exactly 0 in ours (-inf):
+    # compare only trajectories without one (test_annihilated_direction covers them)
+    collapse = np.log(np.sqrt(np.finfo(dtype).eps))
+    assume(bool(np.all(cpu.finite_time_exponents.values * interval > collapse)))
     cuda = analysis.lyapunov_spectrum(cell, **options, backend="cuda")
     assert cuda.attrs["backend"] == "cuda"
     for name in ("lyapunov_exponents", "finite_time_exponents", "running_estimate"):
         assert_agree(cuda[name], cpu[name], dtype, name)
     assert np.array_equal(cuda.diverged, cpu.diverged)
+
+
+def test_annihilated_direction_gives_minus_infinity_and_a_fresh_frame():
+    """W_hh = diag(1, 0), ReLU, positive state: J = diag(1, 0) kills the second tangent
+    direction at every QR (log |R_11| = -inf) and keeps the first (exponent 0); the frame
+    is renewed each time, as LAPACK's Householder QR renews it. (The first record also
+    holds the random initial frame's projection.)"""
+    cell = dynamics.RNN(weight_ih=np.zeros((2, 1)), weight_hh=np.diag([1.0, 0.0]),
+                        nonlinearity="relu")
+    h0 = np.array([[[0.5, 0.25]]])
+    records = {}
+    for backend in ("cpu", "cuda"):
+        ly = analysis.lyapunov_spectrum(cell, steps=4, h0=h0, backend=backend)
+        records[backend] = finite_time = ly.finite_time_exponents.values[0]
+        assert np.all(finite_time[:, 1] == -np.inf), backend
+        assert np.allclose(finite_time[1:, 0], 0.0, atol=1e-15), backend
+    assert_agree(records["cuda"], records["cpu"], np.float64, "finite-time exponents")
 
 
 def test_lyapunov_flags_divergence_like_cpu():
