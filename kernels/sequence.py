@@ -6,7 +6,7 @@ strategies, chosen by ``dynamics.layer.recurrence_kernels`` from shapes alone:
 - the walk (``sequence_forward``/``sequence_backward``): one work item is one sequence
   (member e, batch element b); items run in parallel (``prange``) and each walks
   through time on its own, with its member's weights in cache for all T steps and the
-  input projection computed on the way;
+  input projections computed on the way, a few dozen steps at a time;
 - the batched recurrence (``*_gemm``): one work item is a fixed block of batch rows of
   one member, with one small register-blocked matrix product per step
   (``kernels.cells.accumulate_rows_batch``: the weights are read once per four rows).
@@ -38,33 +38,54 @@ def time_index(step, n_steps, reverse):
     return n_steps - 1 - step if reverse else step
 
 
+#: Steps whose input projections a walk computes at once, as one small BLAS product per
+#: sequence (a matrix-vector product per step costs 10-30x more per FLOP). Fixed, so that
+#: results do not depend on the number of threads.
+PROJECTION_STEPS = 64
+
+
 @jit(parallel=True)
 def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs, cs):
     """Run ``cell`` over the sequence ``x``: fills ``hs`` (and ``cs``) and ``p``.
 
     ``x`` is (1, T, B, D) when shared by all members, else (E, T, B, D); ``w_ih_t``
-    (E, D, G*H) is W_ih transposed. The input projection is computed step by step
-    inside the walk (no pass over a (T, B, G*H) buffer). ``p`` receives what the
-    backward pass needs; a vanilla RNN needs nothing, and may pass ``p`` with T = 0.
+    (E, D, G*H) is W_ih transposed. The input projections are computed on the way, for
+    ``PROJECTION_STEPS`` steps at a time (no pass over a (T, B, G*H) buffer). ``p``
+    receives what the backward pass needs; a vanilla RNN needs nothing, and may pass
+    ``p`` with T = 0. Calls BLAS: run it with BLAS single-threaded.
     """
     n_members, n_steps, batch, _ = hs.shape
+    n_rows = w_hh_t.shape[2]
     keep = p.shape[1] > 0
     for item in prange(n_members * batch):
         e = item // batch
         b = item - e * batch
-        e_x = 0 if x.shape[0] == 1 else e
-        ph = np.empty(w_hh_t.shape[2], hs.dtype)
+        # this member's arrays, sliced once (a view per step costs as much as the
+        # recurrent product of a small network)
+        inputs = x[0 if x.shape[0] == 1 else e]
+        w_ih, bias_ih, w_hh, bias_hh = w_ih_t[e], b_ih[e], w_hh_t[e], b_hh[e]
+        states, cells = hs[e], cs[e]
+        ph = np.empty(n_rows, hs.dtype)
         scratch = np.empty(p.shape[3], hs.dtype)
+        chunk = np.empty((PROJECTION_STEPS, inputs.shape[2]), hs.dtype)
+        projected = np.empty((PROJECTION_STEPS, n_rows), hs.dtype)
         h_prev = h0[e, b]
         c_prev = c0[e, b]
-        for s in range(n_steps):
-            t = time_index(s, n_steps, reverse)
-            row = p[e, t, b] if keep else scratch
-            recurrent_matvec(w_ih_t[e], x[e_x, t, b], b_ih[e], row[:ph.shape[0]])
-            recurrent_matvec(w_hh_t[e], h_prev, b_hh[e], ph)
-            cell_forward(cell, row, ph, h_prev, c_prev, hs[e, t, b], cs[e, t, b])
-            h_prev = hs[e, t, b]
-            c_prev = cs[e, t, b]
+        for s0 in range(0, n_steps, PROJECTION_STEPS):
+            n = min(PROJECTION_STEPS, n_steps - s0)
+            for k in range(n):
+                chunk[k] = inputs[time_index(s0 + k, n_steps, reverse), b]
+            np.dot(chunk[:n], w_ih, projected[:n])
+            for k in range(n):
+                t = time_index(s0 + k, n_steps, reverse)
+                row = p[e, t, b] if keep else scratch
+                for i in range(n_rows):
+                    row[i] = projected[k, i] + bias_ih[i]
+                h, c = states[t, b], cells[t, b]
+                recurrent_matvec(w_hh, h_prev, bias_hh, ph)
+                cell_forward(cell, row, ph, h_prev, c_prev, h, c)
+                h_prev = h
+                c_prev = c
 
 
 @jit(parallel=True)
@@ -90,25 +111,26 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
         dc = dc0[e, b].copy()
         dph = np.empty(w_hh.shape[1], p.dtype)
         dh_prev = np.empty(n_units, p.dtype)
+        weights, saved, states, cells = w_hh[e], p[e], hs[e], cs[e]  # sliced once
         for s in range(n_steps - 1, -1, -1):
             t = time_index(s, n_steps, reverse)
             if s > 0:
                 t_prev = time_index(s - 1, n_steps, reverse)
-                h_prev = hs[e, t_prev, b]
-                c_prev = cs[e, t_prev, b]
+                h_prev = states[t_prev, b]
+                c_prev = cells[t_prev, b]
             else:
                 h_prev = h0[e, b]
                 c_prev = c0[e, b]
             grad = grad_hs[t, e, b] if grad_time_major else grad_hs[e, t, b]
             for u in range(n_units):
                 dh[u] += grad[u]
-            cell_backward(cell, p[e, t, b], dh, dc, h_prev, c_prev, hs[e, t, b], cs[e, t, b],
+            cell_backward(cell, saved[t, b], dh, dc, h_prev, c_prev, states[t, b], cells[t, b],
                           dph, dh_prev)
             if truncation > 0 and s > 0 and s % truncation == 0:
                 dh[:] = 0.0
                 dc[:] = 0.0
             else:
-                transposed_matvec(w_hh[e], dph, dh_prev)
+                transposed_matvec(weights, dph, dh_prev)
                 dh[:] = dh_prev
         dh0[e, b] = dh
         dc0[e, b] = dc

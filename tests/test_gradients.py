@@ -187,7 +187,10 @@ def test_float32_gradients_close_to_float64(cfg):
     g32 = dynamics.bptt(net32, f32[0], grad_output.astype(np.float32),
                         cfg.h0_arg(f32[1], f32[2]))
     assert set(g32) == set(g64)
+    # a gradient that is a nearly cancelling sum (a bias's, over T * B terms) keeps the
+    # absolute rounding error of its terms: measure it against 1% of the largest gradient
+    floor = 0.01 * max(np.max(np.abs(g)) for g in g64.values())
     for name in g64:
         assert g32[name].dtype == np.float32, name
-        error = gradient_error(g32[name], g64[name])
+        error = gradient_error(g32[name], g64[name], floor)
         assert error < 1e-4, f"{name}: {error:.3g}"
