@@ -43,7 +43,7 @@ import numpy as np
 import xarray as xr
 
 from analysis._common import attrs, provenance
-from dynamics.propagation import BACKENDS
+from dynamics.propagation import BACKENDS, engine
 
 
 @dataclass(frozen=True)
@@ -198,8 +198,12 @@ class Sweep:
         In-process by default; on dask.distributed with ``client`` (a Client),
         ``scheduler`` (an address such as "tcp://host:8786") or ``workers`` (n local worker
         processes). On dask each task runs numba on ``numba_threads`` threads, by default
-        the cores of its host divided by the workers there.
+        the cores of its host divided by the workers there. With ``backend="cuda"`` on
+        this machine (in-process or local workers), a missing GPU is an error before
+        anything is computed or stored; a remote cluster's workers are not checked here.
         """
+        if self.backend == "cuda" and client is None and scheduler is None:
+            engine(self.backend)
         group = self.open_store(store)
         todo = [i for i, done in enumerate(group["done"][:]) if not done]
         with _progress_bar(self, progress) as bar:

@@ -202,11 +202,12 @@ def test_analysis_refuses_what_the_gpu_does_not_compute():
         analysis.lyapunov_spectrum(cell, steps=4, gradient_lags=2, backend="cuda")
 
 
-def _python(code, **env):
+def _python(code, *args):
+    """Run ``code`` in a fresh interpreter without the CUDA simulator."""
     environment = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    environment.update(env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=environment, cwd=os.path.dirname(os.path.dirname(__file__)))
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True, env=environment,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
 
 
 def test_importing_the_toolkit_does_not_load_cuda():
@@ -226,6 +227,18 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     assert done.returncode == 1
     assert "RuntimeError: backend='cuda' needs an NVIDIA GPU" in done.stderr
     assert "NUMBA_ENABLE_CUDASIM" in done.stderr
+
+
+@pytest.mark.skipif(not SIMULATED, reason="this machine has a GPU")
+def test_a_cuda_sweep_without_a_gpu_fails_before_storing_anything(tmp_path):
+    store = tmp_path / "sweep.zarr"
+    done = _python("import sys\n"
+                   "from analysis.sweep import Output, Sweep\n"
+                   "Sweep('s', {'a': [1.0]}, lambda points, seeds: {'y': points['a']},\n"
+                   "      {'y': Output('y', '1')}, backend='cuda').run(sys.argv[1], progress=False)",
+                   store)
+    assert "RuntimeError: backend='cuda' needs an NVIDIA GPU" in done.stderr
+    assert not store.exists()
 
 
 # -- realistic sizes, on a real GPU only ----------------------------------------------------
