@@ -143,6 +143,19 @@ def test_cuda_backend_gives_the_cpu_result_and_its_store_resumes_on_cpu(tmp_path
     assert_identical(cuda, resumed)
 
 
+def test_cuda_sweep_on_dask_workers_selects_their_gpu():
+    """Each dask worker's chunk selects a GPU (``select_worker_gpu``) before computing; the
+    results are the in-process CPU ones (the workers inherit the simulator setting)."""
+    pytest.importorskip("distributed")
+    from dynamics.gpu import select_worker_gpu
+
+    assert select_worker_gpu() is None  # not on a worker: nothing changes
+    cpu = states_sweep("cpu").run(progress=False)
+    on_workers = states_sweep("cuda").run(workers=2, progress=False)
+    np.testing.assert_allclose(on_workers.state, cpu.state, rtol=1e-12)
+    assert on_workers.attrs["backend"] == "cuda"
+
+
 def test_edge_of_chaos_quick_run(tmp_path):
     """The --quick path with sizes overridden to take seconds (the README's main job is the
     plain --quick run)."""
