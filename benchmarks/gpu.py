@@ -207,7 +207,7 @@ def section_ensemble(torch, device, config, bandwidth, gemm, free_bytes):
 
 # -- one large LSTM ----------------------------------------------------------------------
 
-def section_single(torch, device, config, bandwidth, gemm):
+def section_single(torch, device, config, gemm):
     import dynamics
     from dynamics import gpu
 
@@ -332,7 +332,7 @@ def main(argv=None):
     print(f"ceilings: copy {bandwidth:.0f} GB/s, GEMM float32 {gemm['float32']:.0f} GFLOP/s, "
           f"float64 {gemm['float64']:.0f} GFLOP/s")
     sections = {"ensemble": lambda: section_ensemble(torch, device, config, bandwidth, gemm, free),
-                "single": lambda: section_single(torch, device, config, bandwidth, gemm),
+                "single": lambda: section_single(torch, device, config, gemm),
                 "lyapunov": lambda: section_lyapunov(torch, device, config, bandwidth, gemm)}
     for name, run in sections.items():
         if not args.only or name in args.only:

@@ -215,8 +215,8 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
                    grad_x_fresh=False):
     """``dynamics.layer.layer_backward`` on the GPU (device arrays in and out)."""
     dtype = tape.h0.dtype
-    dh = to_device(np.array(to_host(grad_h_n), dtype=dtype, order="C"))
-    dc = to_device(np.array(to_host(grad_c_n), dtype=dtype, order="C"))
+    dh = to_device(np.array(grad_h_n, dtype=dtype, order="C"))
+    dc = to_device(np.array(grad_c_n, dtype=dtype, order="C"))
     n_members, n_steps, batch, hidden = tape.hs.shape
     n_rows = tape.weight_hh.shape[1]
     grads = {"weight_ih": zeros_like(tape.weight_ih), "weight_hh": zeros_like(tape.weight_hh),

@@ -25,8 +25,9 @@ fixed number of chunks, from shapes only, added in order by ``add_chunks``).
 import functools
 import math
 
+from kernels import sequence
 from kernels.cells import GRU, LSTM
-from kernels.cuda_api import (TILE, cuda, gru_unit, gru_unit_backward, lstm_unit,
+from kernels.cuda_api import (TILE, cuda, device, gru_unit, gru_unit_backward, lstm_unit,
                               lstm_unit_backward, numba_float, rnn_unit, rnn_unit_slope)
 
 #: Dynamic shared memory a walk's block may use: the 48 KiB a block gets without opting
@@ -98,9 +99,7 @@ def unit_backward(cell, u, n_units, row, dh, dc, h_prev, c_prev, h, c, dph):
     return zero, zero
 
 
-@cuda.jit(device=True)
-def time_index(step, n_steps, reverse):
-    return n_steps - 1 - step if reverse else step
+time_index = device(sequence.time_index)
 
 
 @cuda.jit(device=True)

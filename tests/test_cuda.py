@@ -202,6 +202,15 @@ def test_analysis_refuses_what_the_gpu_does_not_compute():
         analysis.lyapunov_spectrum(cell, steps=4, gradient_lags=2, backend="cuda")
 
 
+@pytest.mark.parametrize("call", [
+    lambda cell: analysis.lyapunov_spectrum(cell, steps=4, backend="gpu"),
+    lambda cell: analysis.gradient_norm_vs_lag(cell, np.zeros((3, 1, 1)), products=False,
+                                               backend="gpu")])
+def test_analysis_refuses_an_unknown_backend(call):
+    with pytest.raises(ValueError, match="backend"):
+        call(random_cell("rnn_tanh", 1, 2))
+
+
 def _python(code, *args):
     """Run ``code`` in a fresh interpreter without the CUDA simulator."""
     environment = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
