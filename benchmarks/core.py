@@ -527,6 +527,8 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=DTYPES, help="only this dtype (default: both)")
     parser.add_argument("--json", metavar="PATH", help="also write the raw results here")
     args = parser.parse_args(argv)
+    if argv is None:  # run as a script, not called
+        common.reuse_freed_memory()
     config = dict(QUICK if args.quick else FULL)
     if args.repeats:
         config["repeats"] = args.repeats

@@ -311,6 +311,8 @@ def main(argv=None):
     parser.add_argument("--only", action="append",
                         choices=("ensemble", "single", "lyapunov"), help="run only these")
     args = parser.parse_args(argv)
+    if argv is None:  # run as a script, not called
+        common.reuse_freed_memory()
     import torch
     from numba import cuda
 

@@ -19,7 +19,7 @@ from kernels.sequence import (sequence_backward, sequence_backward_gemm, sequenc
 #: and the batch at least ``GEMM_MIN_BATCH``; below, each sequence walks through time on
 #: its own with its weights in cache. The choice depends on shapes only, never on the
 #: thread count, so results stay bitwise reproducible.
-#: Tuned on a 2-core Zen 4 (48 KiB L1, 1 MiB L2 per core), B = 32: the walk wins for a
+#: Tuned on a 2-core Zen 5 (48 KiB L1, 1 MiB L2 per core), B = 32: the walk wins for a
 #: 16 KiB W_hh (tanh RNN, H = 64), the batched path from 64 KiB (tanh H = 128, LSTM
 #: H = 64). (With the register-blocked product of ``kernels.cells`` the batched path is
 #: about as fast below 64 KiB too, but the walk of a vanilla RNN saves nothing per step.)
@@ -119,12 +119,12 @@ def layer_forward(cell, x, h0, c0, reverse):
                  dtype)
     if n_steps:
         w_hh_t = np.ascontiguousarray(weight_hh.transpose(0, 2, 1))
+        w_ih_t = np.ascontiguousarray(weight_ih.transpose(0, 2, 1))
         if batched:
             with single_threaded_blas():
-                project_inputs(x, weight_ih, bias_ih, p)
+                project_inputs(x, w_ih_t, bias_ih, p)
                 run_forward(cell.code, reverse, p, w_hh_t, bias_hh, h0, c0, hs, cs)
         else:
-            w_ih_t = np.ascontiguousarray(weight_ih.transpose(0, 2, 1))
             with single_threaded_blas():
                 run_forward(cell.code, reverse, x if x.ndim == 4 else x[None], w_ih_t,
                             bias_ih, p, w_hh_t, bias_hh, h0, c0, hs, cs)

@@ -1,10 +1,11 @@
 """The non-recurrent half of a layer: matrix products over all steps at once.
 
 Input projections before the recurrence, and parameter and input gradients after the
-backward recurrence, are products over all T*B rows. They run as numba-parallel items,
-each a fixed chunk of ``CHUNK_ROWS`` rows multiplied by single-threaded BLAS: the
-work never depends on numba's thread count (results are bitwise reproducible), and no
-BLAS thread pool runs beside numba's. (Letting multi-threaded BLAS do these products
+backward recurrence, are products over all T*B rows. They run as numba-parallel items
+over fixed row ranges, each multiplied by single-threaded BLAS or, for the parameter
+gradients of small networks, by register panels (``add_transposed_product``): the work
+never depends on numba's thread count (results are bitwise reproducible), and no BLAS
+thread pool runs beside numba's. (Letting multi-threaded BLAS do these products
 between numba's parallel kernels made both spin against each other on 2 cores: a
 training step of a 128-unit LSTM took 58 ms instead of 46.)
 
@@ -17,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from kernels._jit import jit
-from kernels.cells import GRU
+from kernels.cells import GRU, add_product, fits_panels
 
 #: Rows per product; fixed, so that every sum's grouping depends on shapes alone.
 CHUNK_ROWS = 512
@@ -40,19 +41,26 @@ def n_chunks(n_rows):
 
 
 @jit(parallel=True)
-def _project_rows(x, weight_ih, bias_ih, p):
-    """p[e, r, :G*H] = W_ih[e] x[r] + b_ih[e] for every member e and row r."""
+def _project_rows(x, weight_ih_t, bias_ih, p):
+    """p[e, r, :G*H] = x[r] W_ih[e]^T + b_ih[e] for every member e and row r, given
+    ``weight_ih_t`` (E, D, G*H) = W_ih transposed; register panels where they fit
+    (sums in order, straight into ``p``), else BLAS."""
     n_members, n_rows, _ = p.shape
-    n_out = weight_ih.shape[1]
+    n_out = weight_ih_t.shape[2]
     chunks = n_chunks(n_rows)
     for item in prange(n_members * chunks):
         e = item // chunks
         r0, r1 = chunk_rows(item - e * chunks, n_rows)
-        out = np.empty((r1 - r0, n_out), p.dtype)
-        np.dot(x[0 if x.shape[0] == 1 else e, r0:r1], weight_ih[e].T, out)
-        for r in range(r1 - r0):
-            for j in range(n_out):
-                p[e, r0 + r, j] = out[r, j] + bias_ih[e, j]
+        rows, weights, out = x[0 if x.shape[0] == 1 else e, r0:r1], weight_ih_t[e], p[e, r0:r1, :n_out]
+        if fits_panels(weights, out):
+            for r in range(r1 - r0):
+                out[r] = bias_ih[e]
+            add_product(rows, weights, out)
+        else:
+            product = np.dot(rows, weights)
+            for r in range(r1 - r0):
+                for j in range(n_out):
+                    out[r, j] = product[r, j] + bias_ih[e, j]
 
 
 @jit
@@ -75,20 +83,22 @@ def _add_column_sums(rows, out):
 
 
 @jit
-def _add_outer_products(d, states, out):
-    """out += sum_r d[r] (x) states[r], row by row in order."""
-    for r in range(d.shape[0]):
-        for j in range(d.shape[1]):
-            a = d[r, j]
-            for k in range(states.shape[1]):
-                out[j, k] += a * states[r, k]
+def add_transposed_product(d, states, out):
+    """out += d^T states, i.e. out[j] += sum_r d[r, j] * states[r]: in register panels
+    with every sum over r in order (``kernels.cells.add_product``) where the shapes fit,
+    else by BLAS. Measured on one core for (1000 x 64)^T (1000 x 64): 208 GFLOP/s
+    float32 in panels, 72 by OpenBLAS; 1.3-1.9x OpenBLAS for 128 units and float64."""
+    if fits_panels(states, out):
+        add_product(d.T, states, out)
+    elif d.shape[0] > 0:
+        out += np.dot(d.T, states)
 
 
 @jit(parallel=True)
 def weight_gradients(cell, reverse, x, p, hs, h0, grad_weight_ih, grad_bias_ih, grad_weight_hh,
                      grad_bias_hh):
     """Per member, sums over rows of dL/da times the inputs of a, into partial sums
-    (E, groups, ...) over fixed, contiguous row ranges (one BLAS product per range):
+    (E, groups, ...) over fixed, contiguous row ranges (one product per range):
 
     grad_weight_ih = sum d_in x^T, grad_bias_ih = sum d_in, grad_weight_hh = sum d_hid
     h_prev^T, grad_bias_hh = sum d_hid, where d_in = dL/d(W_ih x + b_ih) (``p[..., :G*H]``),
@@ -119,18 +129,16 @@ def _input_side(cell, p, xe, e, r0, r1, gw, gb):
     """gw = sum over rows r0:r1 of d_in x^T, gb = sum of d_in (member e)."""
     if cell != GRU:  # d_in is the full row of p
         d = p[e, r0:r1]
-        np.dot(d.T, xe[r0:r1], gw)
+        add_transposed_product(d, xe[r0:r1], gw)
         _add_column_sums(d, gb)
         return
     n_out = gw.shape[0]  # GRU: the first 3H of 4H columns, gathered chunk by chunk
     d_in = np.empty((CHUNK_ROWS, n_out), p.dtype)
-    product = np.empty(gw.shape, p.dtype)
     for c0 in range(r0, r1, CHUNK_ROWS):
         c1 = min(c0 + CHUNK_ROWS, r1)
         for r in range(c1 - c0):
             d_in[r] = p[e, c0 + r, :n_out]
-        np.dot(d_in[:c1 - c0].T, xe[c0:c1], product)
-        gw += product
+        add_transposed_product(d_in[:c1 - c0], xe[c0:c1], gw)
         _add_column_sums(d_in[:c1 - c0], gb)
 
 
@@ -145,23 +153,21 @@ def _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, gw, gb):
         # the rows after the first step lie on one side of it (groups span >= a step)
         m0, m1 = (r0, r1) if s1 <= s0 else (r0, s0) if s0 > r0 else (s1, r1)
         if m1 > m0:
-            np.dot(p[e, m0:m1].T, hs[e, m0 + shift:m1 + shift], gw)
+            add_transposed_product(p[e, m0:m1], hs[e, m0 + shift:m1 + shift], gw)
         if s1 > s0:
-            _add_outer_products(p[e, s0:s1], h0[e, s0 - first_step:s1 - first_step], gw)
+            add_transposed_product(p[e, s0:s1], h0[e, s0 - first_step:s1 - first_step], gw)
         _add_column_sums(p[e, r0:r1], gb)
         return
     n_out, n_units = gw.shape  # GRU: r, z and n's hidden part, gathered chunk by chunk
     d_hid = np.empty((CHUNK_ROWS, n_out), p.dtype)
     h_prev = np.empty((CHUNK_ROWS, n_units), p.dtype)
-    product = np.empty(gw.shape, p.dtype)
     for c0 in range(r0, r1, CHUNK_ROWS):
         c1 = min(c0 + CHUNK_ROWS, r1)
         for r in range(c1 - c0):
             row = c0 + r
             h_prev[r] = h0[e, row - first_step] if s0 <= row < s1 else hs[e, row + shift]
         _hidden_columns(p, e, c0, c1, d_hid)
-        np.dot(d_hid[:c1 - c0].T, h_prev[:c1 - c0], product)
-        gw += product
+        add_transposed_product(d_hid[:c1 - c0], h_prev[:c1 - c0], gw)
         _add_column_sums(d_hid[:c1 - c0], gb)
 
 
@@ -202,10 +208,11 @@ def _rows(a):
     return np.reshape(a, (a.shape[0], a.shape[1] * a.shape[2], a.shape[3]), copy=False)
 
 
-def project_inputs(x, weight_ih, bias_ih, p):
-    """p[..., :G*H] = x W_ih^T + b_ih for every member, step and batch element; ``x``
-    (T, B, D) shared or (E, T, B, D), ``p`` (E, T, B, W)."""
-    _project_rows(_rows(x), weight_ih, bias_ih, _rows(p))
+def project_inputs(x, weight_ih_t, bias_ih, p):
+    """p[..., :G*H] = x W_ih^T + b_ih for every member, step and batch element, given
+    ``weight_ih_t`` (E, D, G*H) = W_ih transposed; ``x`` (T, B, D) shared or
+    (E, T, B, D), ``p`` (E, T, B, W)."""
+    _project_rows(_rows(x), weight_ih_t, bias_ih, _rows(p))
 
 
 def gradient_groups(n_members, n_rows):

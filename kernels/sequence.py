@@ -9,7 +9,7 @@ strategies, chosen by ``dynamics.layer.recurrence_kernels`` from shapes alone:
   input projections computed on the way, a few dozen steps at a time;
 - the batched recurrence (``*_gemm``): one work item is a fixed block of batch rows of
   one member, with one small register-blocked matrix product per step
-  (``kernels.cells.accumulate_rows_batch``: the weights are read once per four rows).
+  (``kernels.cells.add_product``: the weights are read once per four rows).
 
 Either way no floating-point sum is split across threads, so results are bitwise
 identical for any number of threads. Parameter and input gradients (and the batched
@@ -28,7 +28,7 @@ import numpy as np
 from numba import prange
 
 from kernels._jit import jit
-from kernels.cells import (accumulate_rows_batch, cell_backward, cell_forward, recurrent_matvec,
+from kernels.cells import (add_product, cell_backward, cell_forward, fits_panels, recurrent_matvec,
                            transposed_matvec)
 
 
@@ -69,18 +69,24 @@ def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs
         scratch = np.empty(p.shape[3], hs.dtype)
         chunk = np.empty((PROJECTION_STEPS, inputs.shape[2]), hs.dtype)
         projected = np.empty((PROJECTION_STEPS, n_rows), hs.dtype)
+        panels = fits_panels(w_ih, projected)
         h_prev = h0[e, b]
         c_prev = c0[e, b]
         for s0 in range(0, n_steps, PROJECTION_STEPS):
             n = min(PROJECTION_STEPS, n_steps - s0)
             for k in range(n):
                 chunk[k] = inputs[time_index(s0 + k, n_steps, reverse), b]
-            np.dot(chunk[:n], w_ih, projected[:n])
+            if panels:  # the sums in order, in registers
+                for k in range(n):
+                    projected[k] = bias_ih
+                add_product(chunk[:n], w_ih, projected[:n])
+            else:
+                np.dot(chunk[:n], w_ih, projected[:n])
+                projected[:n] += bias_ih
             for k in range(n):
                 t = time_index(s0 + k, n_steps, reverse)
                 row = p[e, t, b] if keep else scratch
-                for i in range(n_rows):
-                    row[i] = projected[k, i] + bias_ih[i]
+                row[:n_rows] = projected[k]
                 h, c = states[t, b], cells[t, b]
                 recurrent_matvec(w_hh, h_prev, bias_hh, ph)
                 cell_forward(cell, row, ph, h_prev, c_prev, h, c)
@@ -155,7 +161,7 @@ def _step_forward_batch(cell, p, ph, w_hh_t, b_hh, h_prev, c_prev, h, c):
     """One step for a block of batch rows: ph = b_hh + h_prev W_hh^T, then the cell."""
     for b in range(p.shape[0]):
         ph[b] = b_hh
-    accumulate_rows_batch(w_hh_t, h_prev, ph)
+    add_product(h_prev, w_hh_t, ph)
     for b in range(p.shape[0]):
         cell_forward(cell, p[b], ph[b], h_prev[b], c_prev[b], h[b], c[b])
 
@@ -222,7 +228,7 @@ def sequence_backward_gemm(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, g
                 dh[:] = 0.0
                 dc[:] = 0.0
             else:
-                accumulate_rows_batch(w_hh[e], dph, dh_prev)
+                add_product(dph, w_hh[e], dh_prev)
                 dh[:] = dh_prev
         dh0[e, b0:b1] = dh
         dc0[e, b0:b1] = dc

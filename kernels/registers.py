@@ -1,0 +1,201 @@
+"""Sums of scaled rows kept in vector registers: the innermost loops of the kernels.
+
+``out[r, s:s+w] += sum_k c[r, k] * rows[k, s:s+w]`` for one or four rows r, summed in
+the order k = 0, 1, ..., with the partial sums held in vector registers for the whole
+sum. Written in LLVM IR because LLVM does not do it by itself for numba's arrays: it
+cannot prove that ``out`` and ``rows`` do not overlap, so it stores and reloads the sums
+every few terms (and checks for overlap before every pass). Here the sums live in stack
+slots whose address never escapes, which LLVM promotes to registers. Each element sees
+the same multiplications and additions in the same order as the plain loop: the same
+bits (``tests/test_registers.py``). ``kernels.cells.accumulate_rows`` (a matrix-vector
+product) and ``kernels.cells.add_product`` (a matrix product) are built on them.
+"""
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+def _vector_bits():
+    """Bits of this machine's vector registers: 512 with AVX-512, 256 with AVX, else 128
+    (numba compiles for, and caches per, the host CPU)."""
+    features = llvm.get_host_cpu_features()
+    return 512 if features.get("avx512f") else 256 if features.get("avx") else 128
+
+
+#: Bits of one vector register.
+VECTOR_BITS = _vector_bits()
+
+#: Columns per block of ``kernels.cells.accumulate_rows``: with AVX-512 four float32 or
+#: eight float64 vectors, enough independent sums to keep the adders busy.
+BLOCK_COLUMNS = 64
+
+#: Output rows and vectors of one ``accumulate_panel`` call: sixteen sums in registers
+#: (half of AVX-512's), each loaded vector of ``rows`` used four times.
+PANEL_ROWS = 4
+PANEL_VECTORS = 4
+
+
+def lanes(dtype):
+    """Elements of ``dtype`` per vector register."""
+    return VECTOR_BITS // dtype.bitwidth
+
+
+def _floats(*arrays, ndim):
+    return (all(isinstance(a, types.Array) for a in arrays)
+            and [a.ndim for a in arrays] == list(ndim)
+            and isinstance(arrays[0].dtype, types.Float)
+            and all(a.dtype == arrays[0].dtype for a in arrays))
+
+
+@intrinsic
+def accumulate_columns(typingctx, rows, coefficients, out, start, width):
+    """out[start:start+width] += sum_k coefficients[k] * rows[k, start:start+width].
+
+    ``width`` is a compile-time constant, a multiple of the dtype's lanes. Assumes (the
+    caller checks) unit stride along the rows of ``rows`` and along ``out``, and the
+    columns within both; ``coefficients`` may be strided.
+    """
+    if not (_floats(rows, coefficients, out, ndim=(2, 1, 1)) and isinstance(start, types.Integer)
+            and isinstance(width, types.IntegerLiteral)
+            and width.literal_value % lanes(out.dtype) == 0 and width.literal_value > 0):
+        return None
+    codegen = _sums_in_registers(out.dtype, 1, width.literal_value // lanes(out.dtype))
+    return types.none(rows, coefficients, out, start, width), codegen
+
+
+@intrinsic
+def accumulate_vector(typingctx, rows, coefficients, out, start):
+    """``accumulate_columns`` for the columns of one vector register."""
+    if not (_floats(rows, coefficients, out, ndim=(2, 1, 1)) and isinstance(start, types.Integer)):
+        return None
+    return types.none(rows, coefficients, out, start), _sums_in_registers(out.dtype, 1, 1)
+
+
+@intrinsic
+def load_vector(typingctx, out, start):
+    """out[start:start+lanes] as a tuple (held in a register)."""
+    if not (_floats(out, ndim=(1,)) and isinstance(start, types.Integer)):
+        return None
+    tuple_type = types.UniTuple(out.dtype, lanes(out.dtype))
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        first = context.cast(builder, args[1], signature.args[1], types.intp)
+        pointer = builder.bitcast(builder.gep(array.data, [first]),
+                                  _vector_type(context, out.dtype).as_pointer())
+        vector = builder.load(pointer, align=out.dtype.bitwidth // 8)
+        result = context.get_constant_undef(tuple_type)
+        for i in range(lanes(out.dtype)):
+            result = builder.insert_value(result, builder.extract_element(vector, _i32(i)), i)
+        return result
+
+    return tuple_type(out, start), codegen
+
+
+@intrinsic
+def accumulate_vector_from(typingctx, rows, coefficients, out, start, initial):
+    """out[start:start+lanes] = initial + sum_k coefficients[k] * rows[k, start:start+lanes]
+    (``initial`` from ``load_vector``): the last, overlapping vector of a row whose
+    length is not a multiple of the lanes, recomputed from values saved before the
+    other vectors were updated, so the overlap gets the same values again."""
+    if not (_floats(rows, coefficients, out, ndim=(2, 1, 1)) and isinstance(start, types.Integer)
+            and initial == types.UniTuple(out.dtype, lanes(out.dtype))):
+        return None
+    return (types.none(rows, coefficients, out, start, initial),
+            _sums_in_registers(out.dtype, 1, 1, from_tuple=True))
+
+
+@intrinsic
+def accumulate_panel(typingctx, rows, coefficients, out, start):
+    """out[r, start:start+w] += sum_k coefficients[r, k] * rows[k, start:start+w] for the
+    ``PANEL_ROWS`` rows r of ``out`` (w = ``PANEL_VECTORS`` vectors): a register-blocked
+    matrix product, each row the bits of ``accumulate_columns``.
+
+    Assumes (the caller checks) ``PANEL_ROWS`` rows in ``out`` and ``coefficients`` (any
+    strides), ``coefficients.shape[1]`` rows in ``rows``, unit stride along the rows of
+    ``rows`` and of ``out``, and the columns within both.
+    """
+    if not (_floats(rows, coefficients, out, ndim=(2, 2, 2)) and isinstance(start, types.Integer)):
+        return None
+    codegen = _sums_in_registers(out.dtype, PANEL_ROWS, PANEL_VECTORS)
+    return types.none(rows, coefficients, out, start), codegen
+
+
+def _i32(value):
+    return ir.Constant(ir.IntType(32), value)
+
+
+def _vector_type(context, dtype):
+    return ir.VectorType(context.get_value_type(dtype), lanes(dtype))
+
+
+def _sums_in_registers(dtype, n_rows, n_vectors, from_tuple=False):
+    """LLVM IR of out[r, columns] += sum_k c[r, k] rows[k, columns] for ``n_rows`` rows
+    (``out`` and ``c`` 1-D when it is one) and ``n_vectors`` vectors of columns from
+    ``start``; with ``from_tuple`` the one vector starts from the tuple passed last."""
+    n_lanes = lanes(dtype)
+
+    def codegen(context, builder, signature, args):
+        rows, coefs, out = (context.make_array(t)(context, builder, v)
+                            for t, v in zip(signature.args[:3], args[:3]))
+        first = context.cast(builder, args[3], signature.args[3], types.intp)
+        scalar = context.get_value_type(dtype)
+        vector = _vector_type(context, dtype)
+        align = dtype.bitwidth // 8
+
+        def address(array, byte_offset):  # the scalar at a byte offset from array's data
+            base = builder.bitcast(array.data, ir.IntType(8).as_pointer())
+            return builder.bitcast(builder.gep(base, [byte_offset]), scalar.as_pointer())
+
+        def vector_at(pointer, u):  # the u-th vector of columns from ``first``
+            index = builder.add(first, ir.Constant(first.type, u * n_lanes))
+            return builder.bitcast(builder.gep(pointer, [index]), vector.as_pointer())
+
+        def strides(array, ndim):
+            return cgutils.unpack_tuple(builder, array.strides, ndim)
+
+        def times(r, stride):
+            return builder.mul(ir.Constant(first.type, r), stride)
+
+        row_stride = strides(rows, 2)[0]
+        *coef_row, coef_term = strides(coefs, 2 if n_rows > 1 else 1)
+        out_row = strides(out, 2)[0] if n_rows > 1 else None
+        n_terms = cgutils.unpack_tuple(builder, coefs.shape, 2 if n_rows > 1 else 1)[-1]
+        out_rows = [address(out, times(r, out_row)) if n_rows > 1 else out.data
+                    for r in range(n_rows)]
+        sums = [[cgutils.alloca_once(builder, vector) for _ in range(n_vectors)]
+                for _ in range(n_rows)]
+        if from_tuple:
+            initial = ir.Constant(vector, ir.Undefined)
+            for i in range(n_lanes):
+                initial = builder.insert_element(initial, builder.extract_value(args[4], i),
+                                                 _i32(i))
+            builder.store(initial, sums[0][0])
+        else:
+            for r in range(n_rows):
+                for u in range(n_vectors):
+                    builder.store(builder.load(vector_at(out_rows[r], u), align=align),
+                                  sums[r][u])
+        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), n_lanes), [0] * n_lanes)
+        with cgutils.for_range(builder, n_terms) as loop:
+            k = loop.index
+            row = address(rows, builder.mul(k, row_stride))
+            values = [builder.load(vector_at(row, u), align=align) for u in range(n_vectors)]
+            for r in range(n_rows):
+                offset = builder.mul(k, coef_term)
+                if n_rows > 1:
+                    offset = builder.add(offset, times(r, coef_row[0]))
+                c = builder.insert_element(ir.Constant(vector, ir.Undefined),
+                                           builder.load(address(coefs, offset)), _i32(0))
+                c = builder.shuffle_vector(c, ir.Constant(vector, ir.Undefined), broadcast)
+                for u in range(n_vectors):
+                    total = builder.fadd(builder.load(sums[r][u]), builder.fmul(c, values[u]))
+                    builder.store(total, sums[r][u])
+        for r in range(n_rows):
+            for u in range(n_vectors):
+                builder.store(builder.load(sums[r][u]), vector_at(out_rows[r], u), align=align)
+        return context.get_dummy_value()
+
+    return codegen

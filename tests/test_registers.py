@@ -1,0 +1,90 @@
+"""The register-resident sums (``kernels.registers``) give the plain loop's bits.
+
+``kernels.cells.accumulate_rows`` is the inner product of every walk: blocks of columns
+summed in vector registers, an overlapping last vector recomputed from saved values,
+and the in-memory loop for strided or short arrays. Every way must give the same bits
+as ``accumulate_rows_in_memory`` (one order of additions), and the sum itself must be
+right (against NumPy in float64). ``kernels.projections.add_transposed_product`` (the
+parameter gradients) uses four-row panels of the same kind, or BLAS.
+"""
+import numba
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from kernels.cells import REGISTER_SUM_MAX_BYTES, accumulate_rows, accumulate_rows_in_memory
+from kernels.projections import add_transposed_product
+from kernels.registers import PANEL_VECTORS, VECTOR_BITS
+
+
+@numba.njit
+def in_registers(rows, coefficients, out):
+    accumulate_rows(rows, coefficients, out)
+
+
+@numba.njit
+def in_memory(rows, coefficients, out):
+    accumulate_rows_in_memory(rows, coefficients, out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n_rows=st.integers(0, 50),
+       n_out=st.integers(1, 100), strided_rows=st.booleans(),
+       strided_coefficients=st.booleans(), seed=st.integers(0, 2**31))
+def test_register_sums_equal_the_plain_loop_bit_for_bit(dtype, n_rows, n_out, strided_rows,
+                                                         strided_coefficients, seed):
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(n_rows, 2 * n_out if strided_rows else n_out)).astype(dtype)
+    rows = rows[:, ::2] if strided_rows else rows
+    coefficients = rng.normal(size=2 * n_rows).astype(dtype)
+    coefficients = coefficients[::2] if strided_coefficients else coefficients[:n_rows]
+    start = rng.normal(size=n_out).astype(dtype)
+    got, want = start.copy(), start.copy()
+    in_registers(rows, coefficients, got)
+    in_memory(rows, coefficients, want)
+    np.testing.assert_array_equal(got, want)
+    exact = start.astype(np.float64) + coefficients.astype(np.float64) @ rows.astype(np.float64)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, exact, rtol=tolerance, atol=tolerance * (n_rows + 1))
+
+
+def test_the_drawn_sizes_reach_the_register_path():
+    """The largest drawn rows stay under the size limit, so the test above exercises
+    blocks, single vectors and the overlapping last vector, not just the fallback."""
+    assert 50 * 100 * 8 <= REGISTER_SUM_MAX_BYTES
+
+
+@numba.njit
+def transposed_product(d, states, out):
+    add_transposed_product(d, states, out)
+
+
+@numba.njit
+def transposed_product_in_order(d, states, out):
+    for j in range(out.shape[0]):
+        accumulate_rows_in_memory(states, d[:, j], out[j])
+
+
+@settings(max_examples=40, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n_terms=st.integers(0, 40),
+       row_blocks=st.integers(1, 3), extra_rows=st.sampled_from([0, 0, 1, 3]),
+       column_blocks=st.integers(1, 3), extra_columns=st.sampled_from([0, 0, 1, 5]),
+       seed=st.integers(0, 2**31))
+def test_transposed_product_panels_sum_in_order(dtype, n_terms, row_blocks, extra_rows,
+                                                column_blocks, extra_columns, seed):
+    """out += d^T states: four-row panels give the in-order sum bit for bit; shapes that
+    do not fit panels (extra rows or columns) go to BLAS and are right to rounding."""
+    rng = np.random.default_rng(seed)
+    n_out = 4 * row_blocks + extra_rows
+    panel_width = PANEL_VECTORS * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+    width = panel_width * column_blocks + extra_columns
+    d = rng.normal(size=(n_terms, n_out)).astype(dtype)
+    states = rng.normal(size=(n_terms, width)).astype(dtype)
+    start = rng.normal(size=(n_out, width)).astype(dtype)
+    got, in_order = start.copy(), start.copy()
+    transposed_product(d, states, got)
+    transposed_product_in_order(d, states, in_order)
+    if extra_rows == 0 and extra_columns == 0:  # the panels' path
+        np.testing.assert_array_equal(got, in_order)
+    exact = start.astype(np.float64) + d.T.astype(np.float64) @ states.astype(np.float64)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, exact, rtol=tolerance, atol=tolerance * (n_terms + 1))
