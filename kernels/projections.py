@@ -175,30 +175,45 @@ def _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, gw, gb):
 def input_gradients(p, weight_ih, grad_x, fresh):
     """dL/dx[r] = sum over members of W_ih[e]^T dL/d(W_ih x)[e, r], added to ``grad_x``
     (or written, if ``fresh``). ``grad_x`` (1, rows, D) is shared by all members,
-    whose terms are added in member order; (E, rows, D) is per member."""
-    n_members, n_rows, width = p.shape
-    n_out, n_in = weight_ih.shape[1], weight_ih.shape[2]
+    whose terms are added in member order; (E, rows, D) is per member. Register panels
+    where the input size allows (``kernels.cells.add_product``), else BLAS."""
+    n_members, n_rows, _ = p.shape
+    n_out = weight_ih.shape[1]
     shared = grad_x.shape[0] == 1 and n_members > 1
     owners = grad_x.shape[0]
     chunks = n_chunks(n_rows)
     for item in prange(owners * chunks):
         owner = item // chunks
         r0, r1 = chunk_rows(item - owner * chunks, n_rows)
-        n = r1 - r0
         first, last = (0, n_members) if shared else (owner, owner + 1)
-        d_in = np.empty((n if width != n_out else 0, n_out), p.dtype)
-        term = np.empty((n if last - first > 1 or not fresh else 0, n_in), p.dtype)
         out = grad_x[owner, r0:r1]
-        for e in range(first, last):
-            source = p[e, r0:r1]
-            if width != n_out:  # GRU: the input gradients are the first 3H of 4H columns
-                for r in range(n):
-                    d_in[r] = source[r, :n_out]
-            if fresh and e == first:  # straight into dL/dx
-                np.dot(source if width == n_out else d_in, weight_ih[e], out)
-            else:
-                np.dot(source if width == n_out else d_in, weight_ih[e], term)
-                out += term
+        if fits_panels(weight_ih[first], out):  # register panels, every sum in order
+            if fresh:
+                out[:] = 0.0
+            for e in range(first, last):
+                add_product(p[e, r0:r1, :n_out], weight_ih[e], out)
+        else:
+            _input_gradients_by_blas(p, weight_ih, first, last, r0, r1, out, fresh)
+
+
+@jit
+def _input_gradients_by_blas(p, weight_ih, first, last, r0, r1, out, fresh):
+    """out (+)= sum over members first..last-1 of p[e, r0:r1, :G*H] W_ih[e], one BLAS
+    product each."""
+    n, width = r1 - r0, p.shape[2]
+    n_out, n_in = weight_ih.shape[1], weight_ih.shape[2]
+    d_in = np.empty((n if width != n_out else 0, n_out), p.dtype)
+    term = np.empty((n if last - first > 1 or not fresh else 0, n_in), p.dtype)
+    for e in range(first, last):
+        source = p[e, r0:r1]
+        if width != n_out:  # GRU: the input gradients are the first 3H of 4H columns
+            for r in range(n):
+                d_in[r] = source[r, :n_out]
+        if fresh and e == first:  # straight into dL/dx
+            np.dot(source if width == n_out else d_in, weight_ih[e], out)
+        else:
+            np.dot(source if width == n_out else d_in, weight_ih[e], term)
+            out += term
 
 
 def _rows(a):

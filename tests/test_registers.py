@@ -7,8 +7,10 @@ as ``accumulate_rows_in_memory`` (one order of additions), and the sum itself mu
 right (against NumPy in float64). ``kernels.projections.add_transposed_product`` (the
 parameter gradients) uses four-row panels of the same kind, or BLAS.
 """
+import naive
 import numba
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from kernels.cells import REGISTER_SUM_MAX_BYTES, accumulate_rows, accumulate_rows_in_memory
@@ -88,3 +90,37 @@ def test_transposed_product_panels_sum_in_order(dtype, n_terms, row_blocks, extr
     exact = start.astype(np.float64) + d.T.astype(np.float64) @ states.astype(np.float64)
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, exact, rtol=tolerance, atol=tolerance * (n_terms + 1))
+
+
+@settings(max_examples=6, deadline=None)
+@given(kind=st.sampled_from(["rnn_tanh", "lstm", "gru"]), own_inputs=st.booleans(),
+       gemm=st.booleans(), seed=st.integers(0, 2**31))
+def test_input_and_weight_gradients_in_panels_match_finite_differences(kind, own_inputs, gemm,
+                                                                       seed):
+    """Sizes of whole panels (32 float64 columns) send the input projections, dL/dx,
+    dW_ih and dW_hh through the register panels; they must still be the gradients."""
+    import dynamics
+    import dynamics.layer
+
+    E, D, T, B = 2, 32, 3, 2
+    H = 8 if kind == "lstm" else 32  # G*H = 32, 32, 96
+    net = dynamics.Network.init(kind, D, H, ensemble=E, seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(T, E, B, D) if own_inputs else (T, B, D))
+    grad_output = rng.normal(size=(T, E, B, H))
+    with pytest.MonkeyPatch.context() as m:
+        if gemm:  # the batched recurrence, whose input projections are panels too
+            m.setattr(dynamics.layer, "GEMM_MIN_WEIGHT_BYTES", 0)
+            m.setattr(dynamics.layer, "GEMM_MIN_BATCH", 1)
+        grads = dynamics.bptt(net, x, grad_output)
+
+        def loss():
+            return np.sum(grad_output * dynamics.forward(net, x).output)
+
+        expected = naive.central_difference(loss, x)
+        cell = net.layers[0][0]
+        expected_ih = naive.central_difference(loss, cell.weight_ih)
+        expected_hh = naive.central_difference(loss, cell.weight_hh)
+    assert naive.relative_error(grads["x"], expected) < 1e-7
+    assert naive.relative_error(grads["weight_ih_l0"], expected_ih) < 1e-7
+    assert naive.relative_error(grads["weight_hh_l0"], expected_hh) < 1e-7
