@@ -14,6 +14,12 @@ and so are the linearised step (``kernels.jacobians``)::
     state_jvp(lin, w_hh, qh, qc, qh_out, qc_out)                # J q
     state_vjp(lin, w_hh, lh, lc, lh_out, lc_out)                # l J
 
+Two products that any ``@njit`` code can use too keep their partial sums in vector
+registers (``kernels.registers``) and add in a fixed order, the bits of a plain loop::
+
+    kernels.cells.accumulate_rows(rows, coefficients, out)   # out += coefficients @ rows
+    kernels.cells.add_product(a, b, out)                     # out += a @ b
+
 The per-unit arithmetic of each cell (``kernels.cells.lstm_unit``, ``gru_unit`` and their
 backward and linearised forms) is shared by the CPU kernels and the GPU kernels of
 ``kernels.cuda_sequence`` and ``kernels.cuda_tangents``, which are not imported here:

@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from kernels._jit import jit
-from kernels.cells import LIN_ROWS, cell_forward, cell_linearisation, n_gates
+from kernels.cells import LIN_ROWS, add_product, cell_forward, cell_linearisation, fits_panels, n_gates
 from kernels.jacobians import adjoint_direct, adjoint_gates, state_jacobian, tangent_combine
 
 #: ``tangent_walk`` splits each network into blocks of units (all their gate rows), so
@@ -271,9 +271,14 @@ def _block_step(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, s, u0
         if k == 1:  # one tangent (lambda_max): W read once, for state and tangent
             _block_products(panels[g], h, q[:n_units].reshape(n_units), ph[block],
                             a_flat[block])
-        else:  # many tangents: a matrix product at BLAS speed
+        else:  # many tangents: a matrix product (in register panels, else BLAS)
             rows = w_hh[first:first + n]
-            np.dot(rows, q[:n_units], a[block])
+            tangents = q[:n_units]
+            if fits_panels(tangents, a[block]):
+                a[block] = 0.0
+                add_product(rows, tangents, a[block])
+            else:
+                np.dot(rows, tangents, a[block])
             ph[block] += np.dot(rows, h)
         p[block] = b_ih[first:first + n]
         if x.shape[1] > 0:
