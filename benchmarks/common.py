@@ -30,7 +30,8 @@ MB = 2.0 ** 20
 #: forward+BPTT call of an ensemble of 256 RNNs (a 130 ms call), changing from call to
 #: call. The benchmarks therefore run with freed memory kept for reuse, for every peer
 #: alike; a value of these variables already in the environment is left as it is.
-REUSE_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 40)}
+REUSE_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32),
+                      "MALLOC_TRIM_THRESHOLD_": str(2 ** 40)}
 
 
 def reuse_freed_memory():

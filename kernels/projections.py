@@ -2,8 +2,8 @@
 
 Input projections before the recurrence, and parameter and input gradients after the
 backward recurrence, are products over all T*B rows. They run as numba-parallel items
-over fixed row ranges, each multiplied by single-threaded BLAS or, for the parameter
-gradients of small networks, by register panels (``add_transposed_product``): the work
+over fixed row ranges, each multiplied in register panels (``kernels.cells.add_product``,
+every sum in order) where the shapes allow, else by single-threaded BLAS: the work
 never depends on numba's thread count (results are bitwise reproducible), and no BLAS
 thread pool runs beside numba's. (Letting multi-threaded BLAS do these products
 between numba's parallel kernels made both spin against each other on 2 cores: a
@@ -51,7 +51,8 @@ def _project_rows(x, weight_ih_t, bias_ih, p):
     for item in prange(n_members * chunks):
         e = item // chunks
         r0, r1 = chunk_rows(item - e * chunks, n_rows)
-        rows, weights, out = x[0 if x.shape[0] == 1 else e, r0:r1], weight_ih_t[e], p[e, r0:r1, :n_out]
+        rows = x[0 if x.shape[0] == 1 else e, r0:r1]
+        weights, out = weight_ih_t[e], p[e, r0:r1, :n_out]
         if fits_panels(weights, out):
             for r in range(r1 - r0):
                 out[r] = bias_ih[e]

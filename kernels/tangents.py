@@ -22,7 +22,8 @@ import numpy as np
 from numba import prange
 
 from kernels._jit import jit
-from kernels.cells import LIN_ROWS, add_product, cell_forward, cell_linearisation, fits_panels, n_gates
+from kernels.cells import (LIN_ROWS, add_product, cell_forward, cell_linearisation, fits_panels,
+                           n_gates)
 from kernels.jacobians import adjoint_direct, adjoint_gates, state_jacobian, tangent_combine
 
 #: ``tangent_walk`` splits each network into blocks of units (all their gate rows), so
