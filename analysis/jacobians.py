@@ -24,7 +24,7 @@ from dynamics.layer import LayerTape, member_major_parameters, single_threaded_b
 from dynamics.network import as_network
 from dynamics.propagation import check_states, engine
 from dynamics.validation import check_float_array, check_shape
-from kernels.cells import saved_width
+from kernels.cells import pack_member_panels, panel_width, saved_width
 from kernels.sequence import sequence_forward_gemm
 from kernels.tangents import tangent_chain, trajectory_jacobians
 
@@ -74,9 +74,9 @@ def driven_tape(cell, drive, h0, backend="cpu"):
     p[..., :width] = member_drive + b_ih[:, None, None, :]
     hs = np.empty((n_members, T, batch, H), cell.dtype)
     cs = np.empty((n_members, T, batch, H if cell.kind == "lstm" else 0), cell.dtype)
-    w_hh_t = np.ascontiguousarray(w_hh.transpose(0, 2, 1))
+    packed_hh_t = pack_member_panels(w_hh.transpose(0, 2, 1), panel_width(hs))
     with single_threaded_blas():
-        sequence_forward_gemm(cell.code, False, p, w_hh_t, b_hh, h_init, c_init, hs, cs)
+        sequence_forward_gemm(cell.code, False, p, packed_hh_t, b_hh, h_init, c_init, hs, cs)
     return LayerTape(cell, False, None, w_ih, w_hh, b_hh, h_init, c_init, p, hs, cs)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from kernels.cells import GRU, LSTM, saved_width
+from kernels.cells import GRU, LSTM, pack_member_panels, panel_width, saved_width
 from kernels.projections import parameter_and_input_gradients, project_inputs
 from kernels.sequence import (sequence_backward, sequence_backward_gemm, sequence_forward,
                               sequence_forward_gemm)
@@ -117,17 +117,20 @@ def layer_forward(cell, x, h0, c0, reverse):
     keep = batched or cell.code in (LSTM, GRU)  # a vanilla RNN's walk saves nothing
     p = np.empty((n_members, n_steps if keep else 0, batch, saved_width(cell.code, hidden)),
                  dtype)
-    if n_steps:
+    if n_steps and batched:  # the weights transposed and packed for the products
+        width = panel_width(hs)
+        with single_threaded_blas():
+            project_inputs(x, pack_member_panels(weight_ih.transpose(0, 2, 1), width),
+                           bias_ih, p)
+            run_forward(cell.code, reverse, p,
+                        pack_member_panels(weight_hh.transpose(0, 2, 1), width), bias_hh, h0,
+                        c0, hs, cs)
+    elif n_steps:
         w_hh_t = np.ascontiguousarray(weight_hh.transpose(0, 2, 1))
         w_ih_t = np.ascontiguousarray(weight_ih.transpose(0, 2, 1))
-        if batched:
-            with single_threaded_blas():
-                project_inputs(x, w_ih_t, bias_ih, p)
-                run_forward(cell.code, reverse, p, w_hh_t, bias_hh, h0, c0, hs, cs)
-        else:
-            with single_threaded_blas():
-                run_forward(cell.code, reverse, x if x.ndim == 4 else x[None], w_ih_t,
-                            bias_ih, p, w_hh_t, bias_hh, h0, c0, hs, cs)
+        with single_threaded_blas():
+            run_forward(cell.code, reverse, x if x.ndim == 4 else x[None], w_ih_t, bias_ih, p,
+                        w_hh_t, bias_hh, h0, c0, hs, cs)
     return LayerTape(cell, reverse, x, weight_ih, weight_hh, bias_hh, h0, c0, p, hs, cs)
 
 
@@ -161,6 +164,9 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
              "bias_ih": np.zeros_like(tape.bias_hh),  # both biases are (E, G*H)
              "bias_hh": np.zeros_like(tape.bias_hh)}
     _, run_backward = recurrence_kernels(tape.weight_hh, tape.h0.shape[1])
+    weight_hh = tape.weight_hh
+    if run_backward is sequence_backward_gemm:
+        weight_hh = pack_member_panels(weight_hh, panel_width(weight_hh))
     nothing_saved = tape.p.shape[1] != tape.hs.shape[1]
     groups = member_groups(tape.hs.shape[0], MEMBER_GROUPS) if nothing_saved else [slice(None)]
     for group, members in enumerate(groups if tape.hs.shape[1] else []):
@@ -175,7 +181,7 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
         else:
             x, gx, fresh = tape.x[members], grad_x[members], grad_x_fresh
         with single_threaded_blas():
-            run_backward(tape.cell.code, tape.reverse, truncation, p, tape.weight_hh[members],
+            run_backward(tape.cell.code, tape.reverse, truncation, p, weight_hh[members],
                          tape.h0[members], tape.c0[members], tape.hs[members],
                          tape.cs[members], grad, grad_time_major, dh0[members], dc0[members])
             parameter_and_input_gradients(

@@ -22,6 +22,12 @@ Like the step functions they trust their arguments: one float dtype, ``rows`` (k
     kernels.cells.accumulate_rows(rows, coefficients, out)   # out += coefficients @ rows
     kernels.cells.add_product(a, b, out)                     # out += a @ b
 
+and when one ``b`` serves many products (a weight matrix, step after step), pack it once
+into contiguous panels of columns and reuse it (the same bits)::
+
+    packed = kernels.cells.pack_panels(b, kernels.cells.panel_width(out))
+    kernels.cells.add_packed_product(a, packed, out)         # out += a @ b
+
 The per-unit arithmetic of each cell (``kernels.cells.lstm_unit``, ``gru_unit`` and their
 backward and linearised forms) is shared by the CPU kernels and the GPU kernels of
 ``kernels.cuda_sequence`` and ``kernels.cuda_tangents``, which are not imported here:

@@ -9,16 +9,18 @@ strategies, chosen by ``dynamics.layer.recurrence_kernels`` from shapes alone:
   input projections computed on the way, a few dozen steps at a time;
 - the batched recurrence (``*_gemm``): one work item is a fixed block of batch rows of
   one member, with one small register-blocked matrix product per step
-  (``kernels.cells.add_product``: the weights are read once per four rows).
+  (``kernels.cells.add_packed_product``: the weights, packed once into contiguous
+  panels of columns, are read once per four rows).
 
 Either way no floating-point sum is split across threads, so results are bitwise
 identical for any number of threads. Parameter and input gradients (and the batched
-path's input projections) are matrix products over all steps at once, done by BLAS in
+path's input projections) are matrix products over all steps at once, in
 ``kernels.projections``.
 
 What the kernels assume (checked by ``dynamics``, not here): every array C-contiguous
 and of one float dtype; ``p`` (E, T, B, saved_width), ``w_hh_t`` (E, H, G*H) = W_hh
-transposed, ``w_hh`` (E, G*H, H), ``b_hh`` (E, G*H), ``h0`` (E, B, H), ``hs`` (E, T, B, H);
+transposed and ``w_hh`` (E, G*H, H) for the walk (the batched recurrence takes them
+packed, see there), ``b_hh`` (E, G*H), ``h0`` (E, B, H), ``hs`` (E, T, B, H);
 for LSTM ``c0`` (E, B, H) and ``cs`` (E, T, B, H), for the other cells zero-width
 arrays (E, B, 0) and (E, T, B, 0). ``reverse`` walks from t = T-1 down to 0 (the
 reverse direction of a bidirectional layer); states are always stored at their real
@@ -28,8 +30,8 @@ import numpy as np
 from numba import prange
 
 from kernels._jit import jit
-from kernels.cells import (add_product, cell_backward, cell_forward, fits_panels, recurrent_matvec,
-                           transposed_matvec)
+from kernels.cells import (add_packed_product, cell_backward, cell_forward, fits_panels,
+                           pack_panels, panel_width, recurrent_matvec, transposed_matvec)
 
 
 @jit
@@ -69,7 +71,8 @@ def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs
         scratch = np.empty(p.shape[3], hs.dtype)
         chunk = np.empty((PROJECTION_STEPS, inputs.shape[2]), hs.dtype)
         projected = np.empty((PROJECTION_STEPS, n_rows), hs.dtype)
-        panels = fits_panels(w_ih, projected)
+        panels = fits_panels(projected)
+        packed_ih = pack_panels(w_ih, panel_width(projected))  # once for all steps
         h_prev = h0[e, b]
         c_prev = c0[e, b]
         for s0 in range(0, n_steps, PROJECTION_STEPS):
@@ -79,7 +82,7 @@ def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs
             if panels:  # the sums in order, in registers
                 for k in range(n):
                     projected[k] = bias_ih
-                add_product(chunk[:n], w_ih, projected[:n])
+                add_packed_product(chunk[:n], packed_ih, projected[:n])
             else:
                 np.dot(chunk[:n], w_ih, projected[:n])
                 projected[:n] += bias_ih
@@ -157,11 +160,11 @@ def batch_block(item, batch):
 
 
 @jit
-def _step_forward_batch(cell, p, ph, w_hh_t, b_hh, h_prev, c_prev, h, c):
+def _step_forward_batch(cell, p, ph, packed_hh_t, b_hh, h_prev, c_prev, h, c):
     """One step for a block of batch rows: ph = b_hh + h_prev W_hh^T, then the cell."""
     for b in range(p.shape[0]):
         ph[b] = b_hh
-    add_product(h_prev, w_hh_t, ph)
+    add_packed_product(h_prev, packed_hh_t, ph)
     for b in range(p.shape[0]):
         cell_forward(cell, p[b], ph[b], h_prev[b], c_prev[b], h[b], c[b])
 
@@ -177,38 +180,42 @@ def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_
 
 
 @jit(parallel=True)
-def sequence_forward_gemm(cell, reverse, p, w_hh_t, b_hh, h0, c0, hs, cs):
+def sequence_forward_gemm(cell, reverse, p, packed_hh_t, b_hh, h0, c0, hs, cs):
     """``sequence_forward`` for large weights: each work item is a block of up to
     ``GEMM_ROWS`` sequences of one member, and each step's recurrent product for the
     block is one product (B_block, H) x (H, G*H) that reads the weights once per four
     sequences instead of once per sequence, with every sum in the walk's order (the
     same bits as ``sequence_forward`` given the same input projections). Items walk
     through time independently (no per-step synchronisation).
-    On entry ``p[..., :G*H]`` holds W_ih x_t + b_ih (``kernels.projections``).
+    ``packed_hh_t`` (E, panels, H, width) is W_hh^T packed
+    (``kernels.cells.pack_member_panels``); on entry ``p[..., :G*H]`` holds
+    W_ih x_t + b_ih (``kernels.projections``).
     """
     n_members, n_steps, batch, _ = p.shape
+    n_rows = b_hh.shape[1]
     for item in prange(n_members * ((batch + GEMM_ROWS - 1) // GEMM_ROWS)):
         e, b0, b1 = batch_block(item, batch)
-        ph = np.empty((b1 - b0, w_hh_t.shape[2]), p.dtype)
+        ph = np.empty((b1 - b0, n_rows), p.dtype)
         h_prev = h0[e, b0:b1]
         c_prev = c0[e, b0:b1]
         for s in range(n_steps):
             t = time_index(s, n_steps, reverse)
-            _step_forward_batch(cell, p[e, t, b0:b1], ph, w_hh_t[e], b_hh[e], h_prev, c_prev,
+            _step_forward_batch(cell, p[e, t, b0:b1], ph, packed_hh_t[e], b_hh[e], h_prev, c_prev,
                                 hs[e, t, b0:b1], cs[e, t, b0:b1])
             h_prev = hs[e, t, b0:b1]
             c_prev = cs[e, t, b0:b1]
 
 
 @jit(parallel=True)
-def sequence_backward_gemm(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_hs,
+def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, cs, grad_hs,
                            grad_time_major, dh0, dc0):
-    """``sequence_backward`` in blocks of batch rows, dh_prev += dph W_hh as one product."""
+    """``sequence_backward`` in blocks of batch rows, dh_prev += dph W_hh as one product;
+    ``packed_hh`` (E, panels, G*H, width) is W_hh packed (``pack_member_panels``)."""
     n_members, n_steps, batch, _ = p.shape
     n_units = hs.shape[3]
     for item in prange(n_members * ((batch + GEMM_ROWS - 1) // GEMM_ROWS)):
         e, b0, b1 = batch_block(item, batch)
-        dph = np.empty((b1 - b0, w_hh.shape[1]), p.dtype)
+        dph = np.empty((b1 - b0, packed_hh.shape[2]), p.dtype)
         dh_prev = np.empty((b1 - b0, n_units), p.dtype)
         dh = dh0[e, b0:b1].copy()
         dc = dc0[e, b0:b1].copy()
@@ -228,7 +235,7 @@ def sequence_backward_gemm(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, g
                 dh[:] = 0.0
                 dc[:] = 0.0
             else:
-                add_product(dph, w_hh[e], dh_prev)
+                add_packed_product(dph, packed_hh[e], dh_prev)
                 dh[:] = dh_prev
         dh0[e, b0:b1] = dh
         dc0[e, b0:b1] = dc

@@ -275,7 +275,7 @@ def _block_step(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, s, u0
         else:  # many tangents: a matrix product (in register panels, else BLAS)
             rows = w_hh[first:first + n]
             tangents = q[:n_units]
-            if fits_panels(tangents, a[block]):
+            if fits_panels(a[block]):
                 a[block] = 0.0
                 add_product(rows, tangents, a[block])
             else:

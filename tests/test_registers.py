@@ -4,8 +4,9 @@
 summed in vector registers, an overlapping last vector recomputed from saved values,
 and the in-memory loop for strided or short arrays. Every way must give the same bits
 as ``accumulate_rows_in_memory`` (one order of additions), and the sum itself must be
-right (against NumPy in float64). ``kernels.projections.add_transposed_product`` (the
-parameter gradients) uses four-row panels of the same kind, or BLAS.
+right (against NumPy in float64). ``kernels.cells.add_packed_product`` (every matrix
+product of the batched path) and ``kernels.projections.add_transposed_product`` (the
+parameter gradients) use four-row panels of the same kind, from packed copies, or BLAS.
 """
 import naive
 import numba
@@ -13,8 +14,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels.cells import REGISTER_SUM_MAX_BYTES, accumulate_rows, accumulate_rows_in_memory
-from kernels.projections import add_transposed_product
+from kernels.cells import (REGISTER_SUM_MAX_BYTES, accumulate_rows, accumulate_rows_in_memory,
+                           add_packed_product, pack_member_panels, pack_panels, pack_row_panels,
+                           panel_width, terms_per_part)
+from kernels.projections import PAGE_BYTES, add_transposed_product
 from kernels.registers import PANEL_VECTORS, VECTOR_BITS
 
 
@@ -61,26 +64,94 @@ def transposed_product(d, states, out):
 
 
 @numba.njit
+def packed_products(a, b, out_plain, out_panels, out_members):
+    """out += a @ b three ways: ``a`` as it is, ``a`` in row panels, and ``b`` packed by
+    ``pack_member_panels`` (as the batched recurrence does)."""
+    width = panel_width(out_plain)
+    packed = pack_panels(b, width)
+    add_packed_product(a, packed, out_plain)
+    panels = np.empty(((a.shape[0] + 3) // 4, a.shape[1], 4), a.dtype)
+    pack_row_panels(a, panels)
+    add_packed_product(panels, packed, out_panels)
+    add_packed_product(a, pack_member_panels(b[None], width)[0], out_members)
+
+
+@numba.njit
+def product_in_order(a, b, out):
+    for i in range(out.shape[0]):
+        accumulate_rows_in_memory(b, a[i], out[i])
+
+
+@settings(max_examples=50, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n_rows=st.integers(1, 11),
+       n_terms=st.sampled_from([0, 1, 5, 33]), column_blocks=st.integers(0, 2),
+       extra_columns=st.sampled_from([0, 1, 7]), a_transposed=st.booleans(),
+       strided_b=st.booleans(), seed=st.integers(0, 2**31))
+def test_packed_products_sum_in_order(dtype, n_rows, n_terms, column_blocks, extra_columns,
+                                      a_transposed, strided_b, seed):
+    """``add_packed_product`` gives the in-order sum bit for bit, for ``a`` as it is or in
+    row panels, ``b`` of any strides packed, whole and partial panels, rows left over."""
+    rng = np.random.default_rng(seed)
+    width = PANEL_VECTORS * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+    n_columns = max(1, width * column_blocks + extra_columns)
+    a = rng.normal(size=(n_terms, n_rows) if a_transposed else (n_rows, n_terms)).astype(dtype)
+    a = a.T if a_transposed else a
+    b = rng.normal(size=(n_columns, n_terms) if strided_b else (n_terms, n_columns)).astype(dtype)
+    b = b.T if strided_b else b
+    start = rng.normal(size=(n_rows, n_columns)).astype(dtype)
+    plain, panels, members, in_order = (start.copy() for _ in range(4))
+    packed_products(a, b, plain, panels, members)
+    product_in_order(a, b, in_order)
+    for got in (plain, panels, members):
+        np.testing.assert_array_equal(got, in_order)
+    exact = start.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(plain, exact, rtol=tolerance, atol=tolerance * (n_terms + 1))
+
+
+def test_long_sums_go_in_parts_in_order():
+    """A sum longer than one part of a packed panel (``terms_per_part``) is split into
+    consecutive parts: still the in-order bits."""
+    rng = np.random.default_rng(1)
+    n_terms = 2 * int(terms_per_part(PANEL_VECTORS * VECTOR_BITS // 32, 4)) + 3
+    a = rng.normal(size=(5, n_terms)).astype(np.float32)
+    b = rng.normal(size=(n_terms, 70)).astype(np.float32)
+    plain, panels, members, in_order = (np.zeros((5, 70), np.float32) for _ in range(4))
+    packed_products(a, b, plain, panels, members)
+    product_in_order(a, b, in_order)
+    for got in (plain, panels, members):
+        np.testing.assert_array_equal(got, in_order)
+    d = np.ascontiguousarray(np.pad(a.T, ((0, 0), (0, 1100))))[:, :5]  # rows a page apart
+    got, in_order = np.zeros((5, 70), np.float32), np.zeros((5, 70), np.float32)
+    transposed_product(d, b, got)
+    transposed_product_in_order(d, b, in_order)
+    np.testing.assert_array_equal(got, in_order)
+
+
+@numba.njit
 def transposed_product_in_order(d, states, out):
     for j in range(out.shape[0]):
         accumulate_rows_in_memory(states, d[:, j], out[j])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(dtype=st.sampled_from([np.float32, np.float64]), n_terms=st.integers(0, 40),
-       row_blocks=st.integers(1, 3), extra_rows=st.sampled_from([0, 0, 1, 3]),
+       row_blocks=st.sampled_from([1, 2, 3, 17]), extra_rows=st.sampled_from([0, 0, 1, 3]),
        column_blocks=st.integers(0, 3), extra_columns=st.sampled_from([0, 1, 5]),
-       seed=st.integers(0, 2**31))
+       rows_a_page_apart=st.booleans(), seed=st.integers(0, 2**31))
 def test_transposed_product_panels_sum_in_order(dtype, n_terms, row_blocks, extra_rows,
-                                                column_blocks, extra_columns, seed):
+                                                column_blocks, extra_columns, rows_a_page_apart,
+                                                seed):
     """out += d^T states: with at least one panel of columns, panels (and row by row for
-    the rows and columns left over) give the in-order sum bit for bit; narrower
+    the rows and columns left over) give the in-order sum bit for bit, whether d^T is
+    read in place or, with the rows of d a page apart, copied into row panels; narrower
     products go to BLAS. Both are right to rounding."""
     rng = np.random.default_rng(seed)
     n_out = 4 * row_blocks + extra_rows
-    panel_width = PANEL_VECTORS * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
-    width = max(1, panel_width * column_blocks + extra_columns)
-    d = rng.normal(size=(n_terms, n_out)).astype(dtype)
+    columns_per_panel = PANEL_VECTORS * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+    width = max(1, columns_per_panel * column_blocks + extra_columns)
+    row_length = max(n_out, PAGE_BYTES // np.dtype(dtype).itemsize) if rows_a_page_apart else n_out
+    d = rng.normal(size=(n_terms, row_length)).astype(dtype)[:, :n_out]
     states = rng.normal(size=(n_terms, width)).astype(dtype)
     start = rng.normal(size=(n_out, width)).astype(dtype)
     got, in_order = start.copy(), start.copy()
