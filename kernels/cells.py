@@ -220,10 +220,23 @@ def _coefficient_row(a, i, k0, k1):
     return lambda a, i, k0, k1: a[i // PANEL_ROWS, k0:k1, i % PANEL_ROWS]
 
 
+def column_panel(b, panel, first, k0, k1, n):
+    """Rows k0:k1 of the n columns of panel number ``panel`` (from column ``first``) of
+    ``add_packed_product``'s ``b``, packed (``pack_panels``) or as it is (k, m)."""
+
+
+@overload(column_panel)
+def _column_panel(b, panel, first, k0, k1, n):
+    if b.ndim == 3:
+        return lambda b, panel, first, k0, k1, n: b[panel, k0:k1, :n]
+    return lambda b, panel, first, k0, k1, n: b[k0:k1, first:first + n]
+
+
 @jit
-def add_packed_product(a, packed, out):
-    """out += a @ b given ``packed = pack_panels(b, panel_width(out))``, with every
-    out[i, j] summed over k in order: the bits of ``accumulate_rows(b, a[i], out[i])``.
+def add_packed_product(a, b, out):
+    """out += a @ b with every out[i, j] summed over k in order: the bits of
+    ``accumulate_rows(b, a[i], out[i])``. ``b`` is packed (``pack_panels(b,
+    panel_width(out))``), or as it is when its rows are contiguous and close together;
     ``a`` is (n, k), or its row panels (``pack_row_panels``) when its rows are far apart.
 
     Four rows of ``out`` at a time share each loaded row of a panel
@@ -232,15 +245,16 @@ def add_packed_product(a, packed, out):
     Long sums go in parts of a panel that stay in cache.
     """
     n_rows, n_columns = out.shape
-    n_panels, n_terms, width = packed.shape
+    n_terms = b.shape[-2]
+    width = panel_width(out)
     in_panels = n_rows - n_rows % PANEL_ROWS if out.strides[1] == out.itemsize else 0
-    part = terms_per_part(width, packed.itemsize)
+    part = terms_per_part(width, out.itemsize)
     for k0 in range(0, n_terms, part):
         k1 = min(k0 + part, n_terms)
-        for panel in range(n_panels):
+        for panel in range((n_columns + width - 1) // width):
             first = panel * width
             n = min(width, n_columns - first)
-            rows = packed[panel, k0:k1, :n]
+            rows = column_panel(b, panel, first, k0, k1, n)
             columns = out[:, first:first + n]
             whole = in_panels if n == width else 0
             for i in range(0, whole, PANEL_ROWS):
@@ -250,19 +264,27 @@ def add_packed_product(a, packed, out):
                 accumulate_rows(rows, coefficient_row(a, i, k0, k1), columns[i])
 
 
+#: Rows of a matrix at least this far apart (a page) are packed before a product reads
+#: them: else every term of a sum touches a new page. Closer rows are read in place.
+PAGE_BYTES = 4096
+
+
 @jit
 def add_product(a, b, out):
     """out += a @ b with every out[i, j] summed over k in order (the bits of
-    ``accumulate_rows(b, a[i], out[i])`` for each row i), in register panels: packs
-    ``b`` (``pack_panels``) a part of the sum at a time (no copy of all of ``b``) and
-    calls ``add_packed_product``. Pack once yourself when the same ``b`` is used for
-    many products.
+    ``accumulate_rows(b, a[i], out[i])`` for each row i), in register panels
+    (``add_packed_product``). ``b`` is read in place when its rows are contiguous and
+    less than a page apart, else packed (``pack_panels``) a part of the sum at a time.
+    Pack once yourself when the same ``b`` serves many products.
 
     >>> import numpy as np
     >>> a, b, out = np.ones((5, 3)), np.arange(6.0).reshape(3, 2), np.zeros((5, 2))
     >>> add_product(a, b, out); out[0]
     array([6., 9.])
     """
+    if b.strides[1] == b.itemsize and b.strides[0] < PAGE_BYTES:
+        add_packed_product(a, b, out)
+        return
     width = panel_width(out)
     part = terms_per_part(width, out.itemsize)
     for k0 in range(0, b.shape[0], part):

@@ -19,8 +19,8 @@ import numpy as np
 from numba import prange
 
 from kernels._jit import jit
-from kernels.cells import (GRU, add_packed_product, fits_panels, pack_member_panels, pack_panels,
-                           pack_row_panels, panel_width)
+from kernels.cells import (GRU, PAGE_BYTES, add_packed_product, fits_panels, pack_member_panels,
+                           pack_panels, pack_row_panels, panel_width)
 from kernels.registers import PANEL_ROWS
 
 #: Rows per product; fixed, so that every sum's grouping depends on shapes alone.
@@ -80,12 +80,11 @@ def _add_column_sums(rows, out):
 
 
 #: ``add_transposed_product`` reads d^T in place when the rows of d are closer than a
-#: page; from a page apart, d^T's rows for blocks of ``TRANSPOSE_BLOCK`` rows of ``out``
-#: are first copied into row panels (``kernels.cells.pack_row_panels``) that stay in L1
-#: cache: else every term of a sum touches a new page. Measured on one core, float32
-#: (2048 x 1024)^T (2048 x 256): 153 GFLOP/s copied, 117 in place; with rows 1 KiB
-#: apart, (2048 x 256)^T (2048 x 64): 103 copied, 159 in place.
-PAGE_BYTES = 4096
+#: page (``kernels.cells.PAGE_BYTES``); from a page apart, d^T's rows for blocks of
+#: ``TRANSPOSE_BLOCK`` rows of ``out`` are first copied into row panels
+#: (``kernels.cells.pack_row_panels``) that stay in L1 cache. Measured on one core,
+#: float32 (2048 x 1024)^T (2048 x 256): 153 GFLOP/s copied, 117 in place; with rows
+#: 1 KiB apart, (2048 x 256)^T (2048 x 64): 103 copied, 159 in place.
 TRANSPOSE_BLOCK = 64
 #: Terms of the sum that ``add_transposed_product`` packs at a time: its scratch is
 #: this many rows of ``states`` (and of d^T's row panels), whatever the number of rows.

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels.cells import (REGISTER_SUM_MAX_BYTES, accumulate_rows, accumulate_rows_in_memory,
-                           add_packed_product, pack_member_panels, pack_panels, pack_row_panels,
-                           panel_width, terms_per_part)
-from kernels.projections import PAGE_BYTES, add_transposed_product
+from kernels.cells import (PAGE_BYTES, REGISTER_SUM_MAX_BYTES, accumulate_rows,
+                           accumulate_rows_in_memory, add_packed_product, add_product,
+                           pack_member_panels, pack_panels, pack_row_panels, panel_width,
+                           terms_per_part)
+from kernels.projections import add_transposed_product
 from kernels.registers import PANEL_VECTORS, VECTOR_BITS
 
 
@@ -64,9 +65,10 @@ def transposed_product(d, states, out):
 
 
 @numba.njit
-def packed_products(a, b, out_plain, out_panels, out_members):
-    """out += a @ b three ways: ``a`` as it is, ``a`` in row panels, and ``b`` packed by
-    ``pack_member_panels`` (as the batched recurrence does)."""
+def packed_products(a, b, out_plain, out_panels, out_members, out_product):
+    """out += a @ b four ways: ``b`` packed and ``a`` as it is, ``a`` in row panels, ``b``
+    packed by ``pack_member_panels`` (as the batched recurrence does), and
+    ``add_product`` (``b`` in place when its rows are contiguous and close)."""
     width = panel_width(out_plain)
     packed = pack_panels(b, width)
     add_packed_product(a, packed, out_plain)
@@ -74,6 +76,7 @@ def packed_products(a, b, out_plain, out_panels, out_members):
     pack_row_panels(a, panels)
     add_packed_product(panels, packed, out_panels)
     add_packed_product(a, pack_member_panels(b[None], width)[0], out_members)
+    add_product(a, b, out_product)
 
 
 @numba.njit
@@ -99,10 +102,10 @@ def test_packed_products_sum_in_order(dtype, n_rows, n_terms, column_blocks, ext
     b = rng.normal(size=(n_columns, n_terms) if strided_b else (n_terms, n_columns)).astype(dtype)
     b = b.T if strided_b else b
     start = rng.normal(size=(n_rows, n_columns)).astype(dtype)
-    plain, panels, members, in_order = (start.copy() for _ in range(4))
-    packed_products(a, b, plain, panels, members)
+    plain, panels, members, product, in_order = (start.copy() for _ in range(5))
+    packed_products(a, b, plain, panels, members, product)
     product_in_order(a, b, in_order)
-    for got in (plain, panels, members):
+    for got in (plain, panels, members, product):
         np.testing.assert_array_equal(got, in_order)
     exact = start.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
@@ -116,10 +119,10 @@ def test_long_sums_go_in_parts_in_order():
     n_terms = 2 * int(terms_per_part(PANEL_VECTORS * VECTOR_BITS // 32, 4)) + 3
     a = rng.normal(size=(5, n_terms)).astype(np.float32)
     b = rng.normal(size=(n_terms, 70)).astype(np.float32)
-    plain, panels, members, in_order = (np.zeros((5, 70), np.float32) for _ in range(4))
-    packed_products(a, b, plain, panels, members)
+    plain, panels, members, product, in_order = (np.zeros((5, 70), np.float32) for _ in range(5))
+    packed_products(a, b, plain, panels, members, product)
     product_in_order(a, b, in_order)
-    for got in (plain, panels, members):
+    for got in (plain, panels, members, product):
         np.testing.assert_array_equal(got, in_order)
     d = np.ascontiguousarray(np.pad(a.T, ((0, 0), (0, 1100))))[:, :5]  # rows a page apart
     got, in_order = np.zeros((5, 70), np.float32), np.zeros((5, 70), np.float32)
