@@ -4,9 +4,8 @@ Input projections before the recurrence, and parameter and input gradients after
 backward recurrence, are products over all T*B rows. They run as numba-parallel items
 over fixed row ranges, each multiplied in register panels from weights packed once
 per call (``kernels.cells.add_packed_product``, every sum in order) where the shapes
-allow, else by single-threaded BLAS: the work
-never depends on numba's thread count (results are bitwise reproducible), and no BLAS
-thread pool runs beside numba's. (Letting multi-threaded BLAS do these products
+allow, else by single-threaded BLAS: the work never depends on numba's thread count
+(results are bitwise reproducible), and no BLAS thread pool runs beside numba's. (Letting multi-threaded BLAS do these products
 between numba's parallel kernels made both spin against each other on 2 cores: a
 training step of a 128-unit LSTM took 58 ms instead of 46.)
 

@@ -71,8 +71,8 @@ def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs
         scratch = np.empty(p.shape[3], hs.dtype)
         chunk = np.empty((PROJECTION_STEPS, inputs.shape[2]), hs.dtype)
         projected = np.empty((PROJECTION_STEPS, n_rows), hs.dtype)
-        panels = fits_panels(projected)
-        packed_ih = pack_panels(w_ih, panel_width(projected))  # once for all steps
+        panels = fits_panels(projected)  # else BLAS, and nothing to pack
+        packed_ih = pack_panels(w_ih[:, :n_rows if panels else 0], panel_width(projected))
         h_prev = h0[e, b]
         c_prev = c0[e, b]
         for s0 in range(0, n_steps, PROJECTION_STEPS):

@@ -251,8 +251,8 @@ def test_stacking_refuses_cells_that_do_not_form_an_ensemble(cells):
 @given(n_items=st.integers(1, 9), n=st.integers(1, 9),
        m=st.sampled_from([1, 7, 16, 20, 32, 64, 128]), seed=seeds, dtype=st.sampled_from(DTYPES))
 def test_register_blocked_product_equals_the_row_walk_bitwise(n_items, n, m, seed, dtype):
-    """``add_product`` (the batched recurrence's per-step product) is ``accumulate_rows``
-    per item, the same bits, and a matrix product to rounding."""
+    """``add_product`` (the products of the batched path, the tangents' W Q) is
+    ``accumulate_rows`` per item, the same bits, and a matrix product to rounding."""
     from kernels.cells import accumulate_rows, add_product
 
     rng = np.random.default_rng(seed)
