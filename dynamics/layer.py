@@ -10,6 +10,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from kernels.cells import GRU, LSTM, pack_member_panels, panel_width, saved_width
+from kernels.memory import aligned_copy, aligned_empty
 from kernels.projections import parameter_and_input_gradients, project_inputs
 from kernels.sequence import (sequence_backward, sequence_backward_gemm, sequence_forward,
                               sequence_forward_gemm)
@@ -110,13 +111,13 @@ def layer_forward(cell, x, h0, c0, reverse):
     n_steps = x.shape[-3]
     weight_ih, bias_ih, weight_hh, bias_hh = member_major_parameters(cell, dtype)
     cell_width = hidden if cell.code == LSTM else 0
-    hs = np.empty((n_members, n_steps, batch, hidden), dtype)
-    cs = np.empty((n_members, n_steps, batch, cell_width), dtype)
+    hs = aligned_empty((n_members, n_steps, batch, hidden), dtype)
+    cs = aligned_empty((n_members, n_steps, batch, cell_width), dtype)
     run_forward, _ = recurrence_kernels(weight_hh, batch)
     batched = run_forward is sequence_forward_gemm
     keep = batched or cell.code in (LSTM, GRU)  # a vanilla RNN's walk saves nothing
-    p = np.empty((n_members, n_steps if keep else 0, batch, saved_width(cell.code, hidden)),
-                 dtype)
+    p = aligned_empty((n_members, n_steps if keep else 0, batch,
+                       saved_width(cell.code, hidden)), dtype)
     if n_steps and batched:  # the weights transposed and packed for the products
         width = panel_width(hs)
         with single_threaded_blas():
@@ -126,8 +127,8 @@ def layer_forward(cell, x, h0, c0, reverse):
                         pack_member_panels(weight_hh.transpose(0, 2, 1), width), bias_hh, h0,
                         c0, hs, cs)
     elif n_steps:
-        w_hh_t = np.ascontiguousarray(weight_hh.transpose(0, 2, 1))
-        w_ih_t = np.ascontiguousarray(weight_ih.transpose(0, 2, 1))
+        w_hh_t = aligned_copy(weight_hh.transpose(0, 2, 1))
+        w_ih_t = aligned_copy(weight_ih.transpose(0, 2, 1))
         with single_threaded_blas():
             run_forward(cell.code, reverse, x if x.ndim == 4 else x[None], w_ih_t, bias_ih, p,
                         w_hh_t, bias_hh, h0, c0, hs, cs)
@@ -167,6 +168,8 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
     weight_hh = tape.weight_hh
     if run_backward is sequence_backward_gemm:
         weight_hh = pack_member_panels(weight_hh, panel_width(weight_hh))
+    else:
+        weight_hh = aligned_copy(weight_hh)
     nothing_saved = tape.p.shape[1] != tape.hs.shape[1]
     groups = member_groups(tape.hs.shape[0], MEMBER_GROUPS) if nothing_saved else [slice(None)]
     for group, members in enumerate(groups if tape.hs.shape[1] else []):

@@ -24,6 +24,7 @@ from numba.extending import overload
 
 from kernels._jit import jit
 from kernels.activations import dsigmoid, drelu, dtanh, relu, sigmoid, tanh
+from kernels.memory import aligned_buffer
 from kernels.registers import (BLOCK_COLUMNS, PANEL_ROWS, PANEL_VECTORS, VECTOR_BITS,
                                accumulate_columns, accumulate_panel, accumulate_vector,
                                accumulate_vector_from, load_vector)
@@ -157,7 +158,9 @@ def pack_panels(b, width):
     from cache instead of touching k pages and a few cache sets (a (32, 1024) @ (1024,
     4096) float32 product: 183 GFLOP/s packed, 103 unpacked, on one Zen 5 core).
     """
-    packed = np.empty(((b.shape[1] + width - 1) // width, b.shape[0], width), b.dtype)
+    n_panels = (b.shape[1] + width - 1) // width
+    packed = aligned_buffer(n_panels * b.shape[0] * width, b).reshape(
+        (n_panels, b.shape[0], width))
     for panel in range(packed.shape[0]):
         pack_panel(b, panel, packed[panel])
     return packed
@@ -169,7 +172,8 @@ def pack_member_panels(b, width):
     (E, panels, k, width). Each matrix is packed once per call and used for every step."""
     n_members, n_terms, n_columns = b.shape
     n_panels = (n_columns + width - 1) // width
-    packed = np.empty((n_members, n_panels, n_terms, width), b.dtype)
+    packed = aligned_buffer(n_members * n_panels * n_terms * width, b).reshape(
+        (n_members, n_panels, n_terms, width))
     for item in prange(n_members * n_panels):
         e = item // n_panels
         pack_panel(b[e], item - e * n_panels, packed[e, item - e * n_panels])

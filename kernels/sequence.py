@@ -32,6 +32,7 @@ from numba import prange
 from kernels._jit import jit
 from kernels.cells import (add_packed_product, cell_backward, cell_forward, fits_panels,
                            pack_panels, panel_width, recurrent_matvec, transposed_matvec)
+from kernels.memory import copy_into, fill, prefetch
 
 
 @jit
@@ -68,7 +69,6 @@ def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs
         w_ih, bias_ih, w_hh, bias_hh = w_ih_t[e], b_ih[e], w_hh_t[e], b_hh[e]
         states, cells = hs[e], cs[e]
         ph = np.empty(n_rows, hs.dtype)
-        scratch = np.empty(p.shape[3], hs.dtype)
         chunk = np.empty((PROJECTION_STEPS, inputs.shape[2]), hs.dtype)
         projected = np.empty((PROJECTION_STEPS, n_rows), hs.dtype)
         panels = fits_panels(projected)  # else BLAS, and nothing to pack
@@ -78,23 +78,43 @@ def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs
         for s0 in range(0, n_steps, PROJECTION_STEPS):
             n = min(PROJECTION_STEPS, n_steps - s0)
             for k in range(n):
-                chunk[k] = inputs[time_index(s0 + k, n_steps, reverse), b]
+                copy_into(inputs[time_index(s0 + k, n_steps, reverse), b], chunk[k])
             if panels:  # the sums in order, in registers
                 for k in range(n):
-                    projected[k] = bias_ih
+                    copy_into(bias_ih, projected[k])
                 add_packed_product(chunk[:n], packed_ih, projected[:n])
             else:
                 np.dot(chunk[:n], w_ih, projected[:n])
                 projected[:n] += bias_ih
             for k in range(n):
                 t = time_index(s0 + k, n_steps, reverse)
-                row = p[e, t, b] if keep else scratch
-                row[:n_rows] = projected[k]
+                row = projected[k]
+                if keep:  # the cell saves into the row: the tape's
+                    row = p[e, t, b]
+                    copy_into(projected[k], row[:n_rows])
                 h, c = states[t, b], cells[t, b]
                 recurrent_matvec(w_hh, h_prev, bias_hh, ph)
                 cell_forward(cell, row, ph, h_prev, c_prev, h, c)
                 h_prev = h
                 c_prev = c
+
+
+#: Steps ahead whose rows (state, saved values, incoming gradient) a backward pass asks
+#: the cache for (``kernels.memory.prefetch``): walking back through time, the hardware
+#: prefetcher does not follow (float64 tanh RNN, 64 units, on one Zen 5 core: 411 ns per
+#: step without, 222 with; 196 with every row already in cache).
+PREFETCH_STEPS = 8
+
+
+@jit
+def prefetch_step(s, n_steps, reverse, states, saved, grad_hs, grad_time_major, e, rows):
+    """Prefetch the rows ``rows`` of processing step s - ``PREFETCH_STEPS`` of a
+    backward pass (of member e), if there is one."""
+    if s >= PREFETCH_STEPS:
+        t = time_index(s - PREFETCH_STEPS, n_steps, reverse)
+        prefetch(states[t, rows])
+        prefetch(saved[t, rows])
+        prefetch(grad_hs[t, e, rows] if grad_time_major else grad_hs[e, t, rows])
 
 
 @jit(parallel=True)
@@ -122,6 +142,8 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
         dh_prev = np.empty(n_units, p.dtype)
         weights, saved, states, cells = w_hh[e], p[e], hs[e], cs[e]  # sliced once
         for s in range(n_steps - 1, -1, -1):
+            prefetch_step(s, n_steps, reverse, states, saved, grad_hs, grad_time_major, e,
+                          slice(b, b + 1))
             t = time_index(s, n_steps, reverse)
             if s > 0:
                 t_prev = time_index(s - 1, n_steps, reverse)
@@ -136,11 +158,11 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
             cell_backward(cell, saved[t, b], dh, dc, h_prev, c_prev, states[t, b], cells[t, b],
                           dph, dh_prev)
             if truncation > 0 and s > 0 and s % truncation == 0:
-                dh[:] = 0.0
-                dc[:] = 0.0
+                fill(dh, 0.0)
+                fill(dc, 0.0)
             else:
                 transposed_matvec(weights, dph, dh_prev)
-                dh[:] = dh_prev
+                copy_into(dh_prev, dh)
         dh0[e, b] = dh
         dc0[e, b] = dc
 
@@ -163,7 +185,7 @@ def batch_block(item, batch):
 def _step_forward_batch(cell, p, ph, packed_hh_t, b_hh, h_prev, c_prev, h, c):
     """One step for a block of batch rows: ph = b_hh + h_prev W_hh^T, then the cell."""
     for b in range(p.shape[0]):
-        ph[b] = b_hh
+        copy_into(b_hh, ph[b])
     add_packed_product(h_prev, packed_hh_t, ph)
     for b in range(p.shape[0]):
         cell_forward(cell, p[b], ph[b], h_prev[b], c_prev[b], h[b], c[b])
@@ -220,6 +242,8 @@ def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, 
         dh = dh0[e, b0:b1].copy()
         dc = dc0[e, b0:b1].copy()
         for s in range(n_steps - 1, -1, -1):
+            prefetch_step(s, n_steps, reverse, hs[e], p[e], grad_hs, grad_time_major, e,
+                          slice(b0, b1))
             t = time_index(s, n_steps, reverse)
             if s > 0:
                 t_prev = time_index(s - 1, n_steps, reverse)
@@ -231,11 +255,14 @@ def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, 
             grad = grad_hs[t, e, b0:b1] if grad_time_major else grad_hs[e, t, b0:b1]
             _step_backward_batch(cell, p[e, t, b0:b1], dh, dc, grad, h_prev, c_prev,
                                  hs[e, t, b0:b1], cs[e, t, b0:b1], dph, dh_prev)
-            if truncation > 0 and s > 0 and s % truncation == 0:
-                dh[:] = 0.0
-                dc[:] = 0.0
-            else:
+            cut = truncation > 0 and s > 0 and s % truncation == 0
+            if not cut:
                 add_packed_product(dph, packed_hh[e], dh_prev)
-                dh[:] = dh_prev
+            for b in range(b1 - b0):
+                if cut:
+                    fill(dh[b], 0.0)
+                    fill(dc[b], 0.0)
+                else:
+                    copy_into(dh_prev[b], dh[b])
         dh0[e, b0:b1] = dh
         dc0[e, b0:b1] = dc

@@ -2,7 +2,8 @@
 
 Which one runs is chosen by size (``dynamics.layer.recurrence_kernels``); here the
 thresholds are lowered so the BLAS path runs at test sizes, and both are compared on
-every cell, direction, truncation and ensemble shape.
+every cell, direction, truncation and ensemble shape, over runs shorter and longer than
+the backward passes' prefetch distance (``kernels.sequence.PREFETCH_STEPS``).
 """
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ def run(net, x, grad_output, truncation, gemm, monkeypatch):
 
 
 @settings(max_examples=20, deadline=None)
-@given(kind=st.sampled_from(KINDS), steps=st.integers(1, 9), batch=st.integers(1, 4),
+@given(kind=st.sampled_from(KINDS), steps=st.integers(1, 20), batch=st.integers(1, 4),
        hidden=st.integers(1, 6), layers=st.integers(1, 2), bidirectional=st.booleans(),
        ensemble=st.sampled_from([None, 3]), truncation=st.sampled_from([None, 1, 3]),
        seed=st.integers(0, 2**31))
