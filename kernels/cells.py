@@ -24,7 +24,7 @@ from numba.extending import overload
 
 from kernels._jit import jit
 from kernels.activations import dsigmoid, drelu, dtanh, relu, sigmoid, tanh
-from kernels.memory import aligned_buffer
+from kernels.memory import aligned_buffer, copy_into, fill
 from kernels.registers import (BLOCK_COLUMNS, PANEL_ROWS, PANEL_VECTORS, VECTOR_BITS,
                                accumulate_columns, accumulate_panel, accumulate_vector,
                                accumulate_vector_from, load_vector)
@@ -142,11 +142,9 @@ def pack_panel(b, panel, packed):
     n_terms, width = packed.shape
     first = panel * width
     n = min(width, b.shape[1] - first)
-    for k in range(n_terms):
-        for j in range(n):
-            packed[k, j] = b[k, first + j]
-        for j in range(n, width):
-            packed[k, j] = 0.0
+    for k in range(n_terms):  # row by row: one 2-D loop does not vectorise (4x slower)
+        copy_into(b[k, first:first + n], packed[k, :n])
+        fill(packed[k, n:], 0.0)
 
 
 @jit
