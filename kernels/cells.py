@@ -26,7 +26,8 @@ from kernels._jit import jit
 from kernels.activations import dsigmoid, drelu, dtanh, relu, sigmoid, tanh
 from kernels.memory import aligned_buffer, copy_into, fill
 from kernels.registers import (BLOCK_COLUMNS, PANEL_ROWS, PANEL_VECTORS, VECTOR_BITS,
-                               accumulate_columns, accumulate_panel, accumulate_vector,
+                               accumulate_columns, accumulate_panel, accumulate_panel_vector,
+                               accumulate_vector,
                                accumulate_vector_from, load_vector)
 
 RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
@@ -242,13 +243,15 @@ def add_packed_product(a, b, out):
     ``a`` is (n, k), or its row panels (``pack_row_panels``) when its rows are far apart.
 
     Four rows of ``out`` at a time share each loaded row of a panel
-    (``kernels.registers.accumulate_panel``); the rows left over, the last panel when it
-    is partial, and an ``out`` with strided rows go row by row (``accumulate_rows``).
+    (``kernels.registers.accumulate_panel``), and the last panel when it is partial a
+    vector of columns at a time (``accumulate_panel_vector``); the rows and the columns
+    left over, and an ``out`` with strided rows, go row by row (``accumulate_rows``).
     Long sums go in parts of a panel that stay in cache.
     """
     n_rows, n_columns = out.shape
     n_terms = b.shape[-2]
     width = panel_width(out)
+    lanes = VECTOR_BITS // (8 * out.itemsize)
     in_panels = n_rows - n_rows % PANEL_ROWS if out.strides[1] == out.itemsize else 0
     part = terms_per_part(width, out.itemsize)
     for k0 in range(0, n_terms, part):
@@ -258,11 +261,20 @@ def add_packed_product(a, b, out):
             n = min(width, n_columns - first)
             rows = column_panel(b, panel, first, k0, k1, n)
             columns = out[:, first:first + n]
-            whole = in_panels if n == width else 0
-            for i in range(0, whole, PANEL_ROWS):
-                accumulate_panel(rows, coefficient_panel(a, i, k0, k1),
-                                 columns[i:i + PANEL_ROWS], 0)
-            for i in range(whole, n_rows):
+            # columns 0:vectors of rows 0:in_panels go in four-row panels
+            vectors = n if n == width else n - n % lanes
+            for i in range(0, in_panels if vectors else 0, PANEL_ROWS):
+                coefficients = coefficient_panel(a, i, k0, k1)
+                block = columns[i:i + PANEL_ROWS]
+                if vectors == width:
+                    accumulate_panel(rows, coefficients, block, 0)
+                else:
+                    for start in range(0, vectors, lanes):
+                        accumulate_panel_vector(rows, coefficients, block, start)
+                for r in range(i, i + PANEL_ROWS if vectors < n else i):
+                    accumulate_rows(rows[:, vectors:], coefficient_row(a, r, k0, k1),
+                                    columns[r, vectors:])
+            for i in range(in_panels if vectors else 0, n_rows):
                 accumulate_rows(rows, coefficient_row(a, i, k0, k1), columns[i])
 
 

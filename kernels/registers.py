@@ -123,6 +123,16 @@ def accumulate_panel(typingctx, rows, coefficients, out, start):
     return types.none(rows, coefficients, out, start), codegen
 
 
+@intrinsic
+def accumulate_panel_vector(typingctx, rows, coefficients, out, start):
+    """``accumulate_panel`` for the columns of one vector register: four sums in
+    registers, for the last columns of a product that do not fill a panel."""
+    if not (_floats(rows, coefficients, out, ndim=(2, 2, 2)) and isinstance(start, types.Integer)):
+        return None
+    codegen = _sums_in_registers(out.dtype, PANEL_ROWS, 1)
+    return types.none(rows, coefficients, out, start), codegen
+
+
 def _i32(value):
     return ir.Constant(ir.IntType(32), value)
 
