@@ -165,11 +165,10 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
              "bias_ih": np.zeros_like(tape.bias_hh),  # both biases are (E, G*H)
              "bias_hh": np.zeros_like(tape.bias_hh)}
     _, run_backward = recurrence_kernels(tape.weight_hh, tape.h0.shape[1])
-    weight_hh = tape.weight_hh
     if run_backward is sequence_backward_gemm:
-        weight_hh = pack_member_panels(weight_hh, panel_width(weight_hh))
+        weight_hh = pack_member_panels(tape.weight_hh, panel_width(tape.weight_hh))
     else:
-        weight_hh = aligned_copy(weight_hh)
+        weight_hh = aligned_copy(tape.weight_hh)
     nothing_saved = tape.p.shape[1] != tape.hs.shape[1]
     groups = member_groups(tape.hs.shape[0], MEMBER_GROUPS) if nothing_saved else [slice(None)]
     for group, members in enumerate(groups if tape.hs.shape[1] else []):

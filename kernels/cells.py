@@ -27,8 +27,7 @@ from kernels.activations import dsigmoid, drelu, dtanh, relu, sigmoid, tanh
 from kernels.memory import aligned_buffer, copy_into, fill
 from kernels.registers import (BLOCK_COLUMNS, PANEL_ROWS, PANEL_VECTORS, VECTOR_BITS,
                                accumulate_columns, accumulate_panel, accumulate_panel_vector,
-                               accumulate_vector,
-                               accumulate_vector_from, load_vector)
+                               accumulate_vector, accumulate_vector_from, load_vector)
 
 RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
 CELL_CODES = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "lstm": LSTM, "gru": GRU}
@@ -261,9 +260,9 @@ def add_packed_product(a, b, out):
             n = min(width, n_columns - first)
             rows = column_panel(b, panel, first, k0, k1, n)
             columns = out[:, first:first + n]
-            # columns 0:vectors of rows 0:in_panels go in four-row panels
-            vectors = n if n == width else n - n % lanes
-            for i in range(0, in_panels if vectors else 0, PANEL_ROWS):
+            vectors = n - n % lanes  # whole vectors of columns (all of a whole panel)
+            panel_rows = in_panels if vectors else 0  # their rows go four at a time
+            for i in range(0, panel_rows, PANEL_ROWS):
                 coefficients = coefficient_panel(a, i, k0, k1)
                 block = columns[i:i + PANEL_ROWS]
                 if vectors == width:
@@ -271,10 +270,11 @@ def add_packed_product(a, b, out):
                 else:
                     for start in range(0, vectors, lanes):
                         accumulate_panel_vector(rows, coefficients, block, start)
-                for r in range(i, i + PANEL_ROWS if vectors < n else i):
-                    accumulate_rows(rows[:, vectors:], coefficient_row(a, r, k0, k1),
-                                    columns[r, vectors:])
-            for i in range(in_panels if vectors else 0, n_rows):
+                if vectors < n:  # the columns that do not fill a vector
+                    for r in range(i, i + PANEL_ROWS):
+                        accumulate_rows(rows[:, vectors:], coefficient_row(a, r, k0, k1),
+                                        columns[r, vectors:])
+            for i in range(panel_rows, n_rows):
                 accumulate_rows(rows, coefficient_row(a, i, k0, k1), columns[i])
 
 

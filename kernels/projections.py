@@ -5,9 +5,10 @@ backward recurrence, are products over all T*B rows. They run as numba-parallel 
 over fixed row ranges, each multiplied in register panels from weights packed once
 per call (``kernels.cells.add_packed_product``, every sum in order) where the shapes
 allow, else by single-threaded BLAS: the work never depends on numba's thread count
-(results are bitwise reproducible), and no BLAS thread pool runs beside numba's. (Letting multi-threaded BLAS do these products
-between numba's parallel kernels made both spin against each other on 2 cores: a
-training step of a 128-unit LSTM took 58 ms instead of 46.)
+(results are bitwise reproducible), and no BLAS thread pool runs beside numba's.
+(Letting multi-threaded BLAS do these products between numba's parallel kernels made
+both spin against each other on 2 cores: a training step of a 128-unit LSTM took 58 ms
+instead of 46.)
 
 Arrays are seen as rows, ``row = t * B + b``: ``p`` (E, T*B, W) as in
 ``kernels.sequence``, states ``hs`` (E, T*B, H), ``h0`` (E, B, H), and ``x`` (or dL/dx)
@@ -20,6 +21,7 @@ from numba import prange
 from kernels._jit import jit
 from kernels.cells import (GRU, PAGE_BYTES, add_packed_product, fits_panels, pack_member_panels,
                            pack_panels, pack_row_panels, panel_width)
+from kernels.memory import copy_into
 from kernels.registers import PANEL_ROWS
 
 #: Rows per product; fixed, so that every sum's grouping depends on shapes alone.
@@ -55,7 +57,7 @@ def _project_rows(x, packed_ih_t, bias_ih, p):
         r0, r1 = chunk_rows(item - e * chunks, n_rows)
         out = p[e, r0:r1, :n_out]
         for r in range(r1 - r0):
-            out[r] = bias_ih[e]
+            copy_into(bias_ih[e], out[r])
         add_packed_product(x[0 if x.shape[0] == 1 else e, r0:r1], packed_ih_t[e], out)
 
 
