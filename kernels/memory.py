@@ -5,13 +5,16 @@ bytes, so a 64-byte vector load from them can span two cache lines, which costs 
 second access. Weights read at every step, and the states beside them, are allocated
 here instead (measured on one Zen 5 core, a float32 64 x 64 matrix-vector product and
 tanh: 105 ns aligned, 123 ns 16 bytes off; a float32 128 x 128, 640 and 800 ns).
-``copy_into`` and ``fill`` replace numba's slice assignment inside step loops, and
+``copy_into``, ``add_into`` and ``fill`` replace numba's slice assignment and in-place
+operators in the kernels (faster in step loops, and a small fraction of their code to
+compile: a broadcasting ``a[r] = b[r, :n]`` is 2,800 lines of LLVM IR, the loop 650), and
 ``prefetch`` asks for rows that the hardware prefetcher does not foresee.
 """
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
 from kernels._jit import jit
@@ -56,10 +59,32 @@ def copy_into(source, target):
 
 
 @jit(inline=True)
+def add_into(source, target):
+    """target[:] += source for 1-D arrays of one length (see ``copy_into``)."""
+    for i in range(target.shape[0]):
+        target[i] += source[i]
+
+
+@jit(inline=True)
 def fill(target, value):
     """target[:] = value for a 1-D array (see ``copy_into``)."""
     for i in range(target.shape[0]):
         target[i] = value
+
+
+@intrinsic
+def any_layout(typingctx, array):
+    """``array`` itself, typed as of any layout ('A'): a function called with it is
+    compiled once for all layouts instead of once per layout (C, F, A), where knowing
+    the layout gains nothing (loads at run-time strides, as in the register products).
+    """
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):  # the same array struct, one more owner
+        return impl_ret_borrowed(context, builder, signature.return_type, args[0])
+
+    return array.copy(layout="A")(array), codegen
 
 
 @intrinsic

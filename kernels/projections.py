@@ -21,7 +21,7 @@ from numba import prange
 from kernels._jit import jit
 from kernels.cells import (GRU, PAGE_BYTES, add_packed_product, fits_panels, pack_member_panels,
                            pack_panels, pack_row_panels, panel_width)
-from kernels.memory import copy_into
+from kernels.memory import add_into, copy_into, fill
 from kernels.registers import PANEL_ROWS
 
 #: Rows per product; fixed, so that every sum's grouping depends on shapes alone.
@@ -87,6 +87,10 @@ def _add_column_sums(rows, out):
 #: float32 (2048 x 1024)^T (2048 x 256): 153 GFLOP/s copied, 117 in place; with rows
 #: 1 KiB apart, (2048 x 256)^T (2048 x 64): 103 copied, 159 in place.
 TRANSPOSE_BLOCK = 64
+#: Padding of those row panels, in terms: the panels of a block start this many cache
+#: lines (float32; two for float64) apart modulo 4 KiB, not on one set of the L1 cache
+#: (``kernels.cells.pack_row_panels``).
+PANEL_SKEW_TERMS = 4
 #: Terms of the sum that ``add_transposed_product`` packs at a time: its scratch is
 #: this many rows of ``states`` (and of d^T's row panels), whatever the number of rows.
 TRANSPOSED_PART_ROWS = 256
@@ -101,13 +105,17 @@ def add_transposed_product(d, states, out):
     113); (6400 x 512)^T (6400 x 128): 126 (101)."""
     if not fits_panels(out):
         if d.shape[0] > 0:
-            out += np.dot(d.T, states)
+            term = np.empty(out.shape, out.dtype)
+            np.dot(d.T, states, term)
+            for j in range(out.shape[0]):
+                add_into(term[j], out[j])
         return
     width = panel_width(out)
     part = TRANSPOSED_PART_ROWS
     copy = d.strides[0] >= PAGE_BYTES
-    block = np.empty((TRANSPOSE_BLOCK // PANEL_ROWS, min(part, d.shape[0]) if copy else 0,
-                      PANEL_ROWS), d.dtype)
+    block = np.empty((TRANSPOSE_BLOCK // PANEL_ROWS,
+                      min(part, d.shape[0]) + PANEL_SKEW_TERMS if copy else 0, PANEL_ROWS),
+                     d.dtype)
     for k0 in range(0, d.shape[0], part):
         k1 = min(k0 + part, d.shape[0])
         packed = pack_panels(states[k0:k1], width)
@@ -117,7 +125,7 @@ def add_transposed_product(d, states, out):
         for j0 in range(0, out.shape[0], TRANSPOSE_BLOCK):
             j1 = min(j0 + TRANSPOSE_BLOCK, out.shape[0])
             panels = block[:(j1 - j0 + PANEL_ROWS - 1) // PANEL_ROWS, :k1 - k0]
-            pack_row_panels(d[k0:k1, j0:j1].T, panels)
+            pack_row_panels(d[k0:k1], j0, j1 - j0, panels)
             add_packed_product(panels, packed, out[j0:j1])
 
 
@@ -151,7 +159,7 @@ def weight_gradients(cell, reverse, x, p, hs, h0, grad_weight_ih, grad_bias_ih, 
                          grad_bias_hh[e, group])
 
 
-@jit
+@jit(inline=True)
 def _input_side(cell, p, xe, e, r0, r1, gw, gb):
     """gw = sum over rows r0:r1 of d_in x^T, gb = sum of d_in (member e)."""
     if cell != GRU:  # d_in is the full row of p
@@ -164,12 +172,12 @@ def _input_side(cell, p, xe, e, r0, r1, gw, gb):
     for c0 in range(r0, r1, CHUNK_ROWS):
         c1 = min(c0 + CHUNK_ROWS, r1)
         for r in range(c1 - c0):
-            d_in[r] = p[e, c0 + r, :n_out]
+            copy_into(p[e, c0 + r, :n_out], d_in[r])
         add_transposed_product(d_in[:c1 - c0], xe[c0:c1], gw)
         _add_column_sums(d_in[:c1 - c0], gb)
 
 
-@jit
+@jit(inline=True)
 def _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, gw, gb):
     """gw = sum over rows r0:r1 of d_hid h_prev^T, gb = sum of d_hid (member e)."""
     batch, n_rows = h0.shape[1], p.shape[1]
@@ -192,7 +200,8 @@ def _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, gw, gb):
         c1 = min(c0 + CHUNK_ROWS, r1)
         for r in range(c1 - c0):
             row = c0 + r
-            h_prev[r] = h0[e, row - first_step] if s0 <= row < s1 else hs[e, row + shift]
+            copy_into(h0[e, row - first_step] if s0 <= row < s1 else hs[e, row + shift],
+                      h_prev[r])
         _hidden_columns(p, e, c0, c1, d_hid)
         add_transposed_product(d_hid[:c1 - c0], h_prev[:c1 - c0], gw)
         _add_column_sums(d_hid[:c1 - c0], gb)
@@ -216,15 +225,15 @@ def input_gradients(p, weight_ih, packed_ih, grad_x, fresh):
         first, last = (0, n_members) if shared else (owner, owner + 1)
         out = grad_x[owner, r0:r1]
         if fits_panels(out):  # register panels, every sum in order
-            if fresh:
-                out[:] = 0.0
+            for r in range(r1 - r0 if fresh else 0):
+                fill(out[r], 0.0)
             for e in range(first, last):
                 add_packed_product(p[e, r0:r1, :n_out], packed_ih[e], out)
         else:
             _input_gradients_by_blas(p, weight_ih, first, last, r0, r1, out, fresh)
 
 
-@jit
+@jit(inline=True)
 def _input_gradients_by_blas(p, weight_ih, first, last, r0, r1, out, fresh):
     """out (+)= sum over members first..last-1 of p[e, r0:r1, :G*H] W_ih[e], one BLAS
     product each."""
@@ -236,12 +245,13 @@ def _input_gradients_by_blas(p, weight_ih, first, last, r0, r1, out, fresh):
         source = p[e, r0:r1]
         if width != n_out:  # GRU: the input gradients are the first 3H of 4H columns
             for r in range(n):
-                d_in[r] = source[r, :n_out]
+                copy_into(source[r, :n_out], d_in[r])
         if fresh and e == first:  # straight into dL/dx
             np.dot(source if width == n_out else d_in, weight_ih[e], out)
         else:
             np.dot(source if width == n_out else d_in, weight_ih[e], term)
-            out += term
+            for r in range(n):
+                add_into(term[r], out[r])
 
 
 def _rows(a):

@@ -32,7 +32,7 @@ from numba import prange
 from kernels._jit import jit
 from kernels.cells import (add_packed_product, cell_backward, cell_forward, fits_panels,
                            pack_panels, panel_width, recurrent_matvec, transposed_matvec)
-from kernels.memory import copy_into, fill, prefetch
+from kernels.memory import add_into, copy_into, fill, prefetch
 
 
 @jit
@@ -85,7 +85,8 @@ def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs
                 add_packed_product(chunk[:n], packed_ih, projected[:n])
             else:
                 np.dot(chunk[:n], w_ih, projected[:n])
-                projected[:n] += bias_ih
+                for k in range(n):
+                    add_into(bias_ih, projected[k])
             for k in range(n):
                 t = time_index(s0 + k, n_steps, reverse)
                 row = projected[k]
@@ -136,8 +137,10 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
     for item in prange(n_members * batch):
         e = item // batch
         b = item - e * batch
-        dh = dh0[e, b].copy()
-        dc = dc0[e, b].copy()
+        dh = np.empty(n_units, p.dtype)
+        dc = np.empty(dc0.shape[2], p.dtype)
+        copy_into(dh0[e, b], dh)
+        copy_into(dc0[e, b], dc)
         dph = np.empty(w_hh.shape[1], p.dtype)
         dh_prev = np.empty(n_units, p.dtype)
         weights, saved, states, cells = w_hh[e], p[e], hs[e], cs[e]  # sliced once
@@ -163,8 +166,8 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
             else:
                 transposed_matvec(weights, dph, dh_prev)
                 copy_into(dh_prev, dh)
-        dh0[e, b] = dh
-        dc0[e, b] = dc
+        copy_into(dh, dh0[e, b])
+        copy_into(dc, dc0[e, b])
 
 
 #: Batch rows per work item of the batched recurrence. Fixed, so that the work items do
@@ -181,7 +184,7 @@ def batch_block(item, batch):
     return e, b0, min(b0 + GEMM_ROWS, batch)
 
 
-@jit
+@jit(inline=True)
 def _step_forward_batch(cell, p, ph, packed_hh_t, b_hh, h_prev, c_prev, h, c):
     """One step for a block of batch rows: ph = b_hh + h_prev W_hh^T, then the cell."""
     for b in range(p.shape[0]):
@@ -191,7 +194,7 @@ def _step_forward_batch(cell, p, ph, packed_hh_t, b_hh, h_prev, c_prev, h, c):
         cell_forward(cell, p[b], ph[b], h_prev[b], c_prev[b], h[b], c[b])
 
 
-@jit
+@jit(inline=True)
 def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_prev):
     """``cell_backward`` for a block of batch rows of one step."""
     for b in range(p.shape[0]):
@@ -239,8 +242,11 @@ def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, 
         e, b0, b1 = batch_block(item, batch)
         dph = np.empty((b1 - b0, packed_hh.shape[2]), p.dtype)
         dh_prev = np.empty((b1 - b0, n_units), p.dtype)
-        dh = dh0[e, b0:b1].copy()
-        dc = dc0[e, b0:b1].copy()
+        dh = np.empty((b1 - b0, n_units), p.dtype)
+        dc = np.empty((b1 - b0, dc0.shape[2]), p.dtype)
+        for b in range(b1 - b0):
+            copy_into(dh0[e, b0 + b], dh[b])
+            copy_into(dc0[e, b0 + b], dc[b])
         for s in range(n_steps - 1, -1, -1):
             prefetch_step(s, n_steps, reverse, hs[e], p[e], grad_hs, grad_time_major, e,
                           slice(b0, b1))
@@ -264,5 +270,6 @@ def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, 
                     fill(dc[b], 0.0)
                 else:
                     copy_into(dh_prev[b], dh[b])
-        dh0[e, b0:b1] = dh
-        dc0[e, b0:b1] = dc
+        for b in range(b1 - b0):
+            copy_into(dh[b], dh0[e, b0 + b])
+            copy_into(dc[b], dc0[e, b0 + b])

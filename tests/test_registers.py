@@ -73,7 +73,7 @@ def packed_products(a, b, out_plain, out_panels, out_members, out_product):
     packed = pack_panels(b, width)
     add_packed_product(a, packed, out_plain)
     panels = np.empty(((a.shape[0] + 3) // 4, a.shape[1], 4), a.dtype)
-    pack_row_panels(a, panels)
+    pack_row_panels(np.ascontiguousarray(a.T), 0, a.shape[0], panels)
     add_packed_product(panels, packed, out_panels)
     add_packed_product(a, pack_member_panels(b[None], width)[0], out_members)
     add_product(a, b, out_product)
