@@ -87,9 +87,9 @@ def _add_column_sums(rows, out):
 #: float32 (2048 x 1024)^T (2048 x 256): 153 GFLOP/s copied, 117 in place; with rows
 #: 1 KiB apart, (2048 x 256)^T (2048 x 64): 103 copied, 159 in place.
 TRANSPOSE_BLOCK = 64
-#: Padding of those row panels, in terms: the panels of a block start this many cache
-#: lines (float32; two for float64) apart modulo 4 KiB, not on one set of the L1 cache
-#: (``kernels.cells.pack_row_panels``).
+#: Padding of those row panels, in terms: the panels of a block then lie one cache line
+#: (float32; two for float64) more than a multiple of 4 KiB apart, on different sets of
+#: the L1 cache (``kernels.cells.pack_row_panels``).
 PANEL_SKEW_TERMS = 4
 #: Terms of the sum that ``add_transposed_product`` packs at a time: its scratch is
 #: this many rows of ``states`` (and of d^T's row panels), whatever the number of rows.
@@ -225,8 +225,9 @@ def input_gradients(p, weight_ih, packed_ih, grad_x, fresh):
         first, last = (0, n_members) if shared else (owner, owner + 1)
         out = grad_x[owner, r0:r1]
         if fits_panels(out):  # register panels, every sum in order
-            for r in range(r1 - r0 if fresh else 0):
-                fill(out[r], 0.0)
+            if fresh:
+                for r in range(r1 - r0):
+                    fill(out[r], 0.0)
             for e in range(first, last):
                 add_packed_product(p[e, r0:r1, :n_out], packed_ih[e], out)
         else:
