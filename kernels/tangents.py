@@ -25,6 +25,7 @@ from kernels._jit import jit
 from kernels.cells import (LIN_ROWS, add_product, cell_forward, cell_linearisation, fits_panels,
                            n_gates)
 from kernels.jacobians import adjoint_direct, adjoint_gates, state_jacobian, tangent_combine
+from kernels.memory import add_into, copy_array, copy_into, fill
 
 #: ``tangent_walk`` splits each network into blocks of units (all their gate rows), so
 #: that a few large networks can use every core. Blocks hold at least ``MIN_UNIT_BLOCK``
@@ -89,7 +90,7 @@ def tangent_chain(cell, p, w_hh, h0, c0, hs, cs, t_from, t_to, q):
             tangent_combine(lin, a, here[:n_units], here[n_units:], there[:n_units],
                             there[n_units:])
             here, there = there, here
-        q[e, b] = here
+        copy_array(here, q[e, b])
 
 
 @jit
@@ -180,12 +181,15 @@ def _record_lag(rows, v, spectral, scale, lag, log_frobenius, log_spectral, log_
     stopped being finite or became 0."""
     log_norm = _log_norm(rows)
     if not np.isfinite(log_norm):  # overflowed to inf/nan, or the product is 0
-        fill = -np.inf if np.isfinite(rows).all() else np.nan
-        log_frobenius[lag:] = fill
-        log_spectral[lag:] = fill
-        log_adjoint[lag:] = fill
+        value = -np.inf if np.isfinite(rows).all() else np.nan
+        fill(log_frobenius[lag:], value)
+        fill(log_spectral[lag:], value)
+        fill(log_adjoint[lag:], value)
         return False
-    rows /= np.exp(log_norm)
+    norm = np.exp(log_norm)
+    for r in range(rows.shape[0]):
+        for j in range(rows.shape[1]):
+            rows[r, j] /= norm
     scale[0] += log_norm
     log_frobenius[lag] = scale[0]
     if spectral:
@@ -268,7 +272,7 @@ def _block_step(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, s, u0
     for g in range(n_g):
         first = g * n_units + u0
         block = slice(g * n, (g + 1) * n)
-        ph[block] = b_hh[first:first + n]
+        copy_into(b_hh[first:first + n], ph[block])
         if k == 1:  # one tangent (lambda_max): W read once, for state and tangent
             _block_products(panels[g], h, q[:n_units].reshape(n_units), ph[block],
                             a_flat[block])
@@ -280,13 +284,13 @@ def _block_step(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, s, u0
                 add_product(rows, tangents, a[block])
             else:
                 np.dot(rows, tangents, a[block])
-            ph[block] += np.dot(rows, h)
-        p[block] = b_ih[first:first + n]
+            add_into(np.dot(rows, h), ph[block])
+        copy_into(b_ih[first:first + n], p[block])
         if x.shape[1] > 0:
             if additive:
-                p[block] += x[e_x, s, b, first:first + n]
+                add_into(x[e_x, s, b, first:first + n], p[block])
             else:
-                p[block] += np.dot(w_ih[first:first + n], x[e_x, s, b])
+                add_into(np.dot(w_ih[first:first + n], x[e_x, s, b]), p[block])
     # slices past the end of a zero-width c (and of q for S = H) are empty, as needed
     cell_forward(cell, p, ph, h[u0:u1], c[u0:u1], h_next[u0:u1], c_next[u0:u1])
     cell_linearisation(cell, p, h[u0:u1], c[u0:u1], h_next[u0:u1], c_next[u0:u1], lin)
@@ -301,11 +305,12 @@ def _record(saved, u0, h_new, c_new, record, hs_rec, cs_rec, p_rec):
     a forward tape (``hs_rec`` (T, H), ``cs_rec``, ``p_rec`` (T, saved width))."""
     n = h_new.shape[0]
     n_units = hs_rec.shape[1]
-    hs_rec[record, u0:u0 + n] = h_new
-    cs_rec[record, u0:u0 + c_new.shape[0]] = c_new
+    copy_into(h_new, hs_rec[record, u0:u0 + n])
+    copy_into(c_new, cs_rec[record, u0:u0 + c_new.shape[0]])
     if p_rec.shape[0] > 0:  # vanilla RNNs keep no saved values (T = 0)
         for g in range(p_rec.shape[1] // n_units):
-            p_rec[record, g * n_units + u0:g * n_units + u0 + n] = saved[g * n:(g + 1) * n]
+            first = g * n_units + u0
+            copy_into(saved[g * n:(g + 1) * n], p_rec[record, first:first + n])
 
 
 @jit
@@ -323,7 +328,9 @@ def _orthonormalise(q, log_r, record):
         log_r[record, 0] = log_norm
         return
     basis, r = np.linalg.qr(q)
-    q[:] = basis
+    for i in range(q.shape[0]):  # (LAPACK's Q is in Fortran order)
+        for j in range(q.shape[1]):
+            q[i, j] = basis[i, j]
     for j in range(q.shape[1]):
         log_r[record, j] = np.log(np.abs(np.float64(r[j, j])))
 
@@ -390,8 +397,8 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
                 if diverged[e, b]:
                     break
                 if t0 + s == record_from:
-                    h_before[e, b] = here[0]
-                    c_before[e, b] = here[1]
+                    copy_into(here[0], h_before[e, b])
+                    copy_into(here[1], c_before[e, b])
                 saved = _block_step(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
                                     panels[e, 0], b_hh[e], 0 if x.shape[0] == 1 else e, b,
                                     t0 + s, 0, n_units, *here, *there, scratch)
@@ -403,7 +410,9 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
                 if _qr_due(s, n_steps, interval) and not _renormalise(
                         here[0], here[2], log_r[e, b], s // interval):
                     diverged[e, b] = True
-            h[e, b], c[e, b], q[e, b] = here
+            copy_into(here[0], h[e, b])
+            copy_into(here[1], c[e, b])
+            copy_array(here[2], q[e, b])
         return
     h_next = np.empty_like(h)
     c_next = np.empty_like(c)
@@ -411,8 +420,8 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
     scratch = _scratch(n_members * batch * n_blocks, block_size, q.shape[3], h.dtype)
     for s in range(n_steps):  # blocks of units in parallel, step by step
         if t0 + s == record_from:
-            h_before[:] = h
-            c_before[:] = c
+            copy_array(h, h_before)
+            copy_array(c, c_before)
         for task in prange(n_members * batch * n_blocks):
             item = task // n_blocks
             e = item // batch
@@ -440,6 +449,6 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
                                                        s // interval)):
                     diverged[e, b] = True
     if n_steps % 2 == 1:  # the latest values are in the scratch arrays: copy them back
-        h_next[:] = h
-        c_next[:] = c
-        q_next[:] = q
+        copy_array(h, h_next)
+        copy_array(c, c_next)
+        copy_array(q, q_next)

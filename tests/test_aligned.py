@@ -8,7 +8,7 @@ import dynamics
 from dynamics.layer import layer_forward
 from kernels.cells import pack_member_panels, pack_panels
 from kernels.memory import (CACHE_LINE_BYTES, add_into, aligned_buffer, aligned_copy,
-                            aligned_empty, any_layout, copy_into, fill, prefetch)
+                            aligned_empty, any_layout, copy_array, copy_into, fill, prefetch)
 
 shapes = st.lists(st.integers(0, 9), min_size=1, max_size=4).map(tuple)
 dtypes = st.sampled_from([np.float32, np.float64])
@@ -25,6 +25,20 @@ def copy_fill_prefetch(source, target, value, filled, fetched, added):
     fill(filled, value)
     prefetch(fetched)
     add_into(source, added)
+
+
+@numba.njit
+def copy_whole(source, target):
+    copy_array(source, target)
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=shapes, dtype=dtypes, seed=st.integers(0, 2**31))
+def test_copy_array_copies_every_element(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    source, target = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    copy_whole(source, target)
+    np.testing.assert_array_equal(target, source)
 
 
 @numba.njit
