@@ -5,10 +5,11 @@ bytes, so a 64-byte vector load from them can span two cache lines, which costs 
 second access. Weights read at every step, and the states beside them, are allocated
 here instead (measured on one Zen 5 core, a float32 64 x 64 matrix-vector product and
 tanh: 105 ns aligned, 123 ns 16 bytes off; a float32 128 x 128, 640 and 800 ns).
-``copy_into``, ``copy_array``, ``add_into`` and ``fill`` replace numba's slice assignment and in-place
-operators in the kernels (faster in step loops, and a small fraction of their code to
-compile: a broadcasting ``a[r] = b[r, :n]`` is 2,800 lines of LLVM IR, the loop 650), and
-``prefetch`` asks for rows that the hardware prefetcher does not foresee.
+``copy_into``, ``copy_array``, ``add_into`` and ``fill`` replace numba's slice
+assignment and in-place operators in the kernels (faster in step loops, and a small
+fraction of their code to compile: a broadcasting ``a[r] = b[r, :n]`` is 2,800 lines of
+LLVM IR, the loop 650), and ``prefetch`` asks for rows that the hardware prefetcher does
+not foresee.
 """
 import numpy as np
 from llvmlite import ir

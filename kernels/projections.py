@@ -76,8 +76,7 @@ def _hidden_columns(p, e, r0, r1, d_hid):
 def _add_column_sums(rows, out):
     """out += the sum of ``rows`` over its first axis, row by row in order."""
     for r in range(rows.shape[0]):
-        for j in range(out.shape[0]):
-            out[j] += rows[r, j]
+        add_into(rows[r], out)
 
 
 #: ``add_transposed_product`` reads d^T in place when the rows of d are closer than a

@@ -32,7 +32,7 @@ from numba import prange
 from kernels._jit import jit
 from kernels.cells import (add_packed_product, cell_backward, cell_forward, fits_panels,
                            pack_panels, panel_width, recurrent_matvec, transposed_matvec)
-from kernels.memory import add_into, copy_into, fill, prefetch
+from kernels.memory import add_into, copy_array, copy_into, fill, prefetch
 
 
 @jit
@@ -244,9 +244,8 @@ def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, 
         dh_prev = np.empty((b1 - b0, n_units), p.dtype)
         dh = np.empty((b1 - b0, n_units), p.dtype)
         dc = np.empty((b1 - b0, dc0.shape[2]), p.dtype)
-        for b in range(b1 - b0):
-            copy_into(dh0[e, b0 + b], dh[b])
-            copy_into(dc0[e, b0 + b], dc[b])
+        copy_array(dh0[e, b0:b1], dh)
+        copy_array(dc0[e, b0:b1], dc)
         for s in range(n_steps - 1, -1, -1):
             prefetch_step(s, n_steps, reverse, hs[e], p[e], grad_hs, grad_time_major, e,
                           slice(b0, b1))
@@ -270,6 +269,5 @@ def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, 
                     fill(dc[b], 0.0)
                 else:
                     copy_into(dh_prev[b], dh[b])
-        for b in range(b1 - b0):
-            copy_into(dh[b], dh0[e, b0 + b])
-            copy_into(dc[b], dc0[e, b0 + b])
+        copy_array(dh, dh0[e, b0:b1])
+        copy_array(dc, dc0[e, b0:b1])
