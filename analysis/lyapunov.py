@@ -3,7 +3,11 @@
 k tangent vectors are advanced with the state, q <- J_t q, and re-orthonormalised by a
 QR decomposition every ``interval`` steps; the logs of the |R_jj| accumulate, in
 float64, the stretching of the first k directions (Benettin et al. 1980; Shimada &
-Nagashima 1979). Nothing is kept per step: memory does not depend on the length.
+Nagashima 1979). Nothing is kept per step: memory does not depend on the length. For
+the full spectrum (k = S) with ``interval`` > 1, each interval's Jacobians are first
+multiplied together and then applied, q <- QR(J_t1 ... J_t0 q), which lets the product
+of one interval run beside the QR of the one before (``kernels.tangents.spectrum_walk``);
+the exponents are the same up to rounding, the trajectory the same bit for bit.
 
 >>> import numpy as np, dynamics, analysis
 >>> rnn = dynamics.RNN.init(1, 20, init="gaussian", gain=0.5, seed=0)
@@ -14,6 +18,7 @@ Nagashima 1979). Nothing is kept per step: memory does not depend on the length.
 >>> bool(abs(float(ly.lyapunov_max[0]) - np.log(rho)) < 1e-2)  # decays to 0, where J = W
 True
 """
+import numba
 import numpy as np
 import xarray as xr
 
@@ -27,7 +32,7 @@ from dynamics.network import as_network
 from dynamics.propagation import check_input, check_states, engine
 from dynamics.validation import check_float_array, check_positive_int
 from kernels.cells import saved_width
-from kernels.tangents import tangent_walk, unit_block_size
+from kernels.tangents import spectrum_walk, tangent_walk, unit_block_size
 
 
 def _inputs(cell, x, drive, steps, batch, dtype):
@@ -100,6 +105,7 @@ def _walk(cell, x, additive, steps, burn_in, interval, h, c, q, dtype, keep=0, b
                                  interval, *state)
         return log_r, state[3].copy_to_host(), None
     block_size = unit_block_size(cell.hidden_size, E * B)
+    in_flight = min(E * B, 4 * numba.get_num_threads())  # items of a spectrum_walk at once
     gated = cell.kind in ("lstm", "gru")  # a vanilla RNN's linearisation needs h alone
     tape = (np.empty((E, keep, B, H), dtype), np.empty((E, keep, B, c.shape[2]), dtype),
             np.empty((E, keep if gated else 0, B, saved_width(cell.code, H)), dtype),
@@ -108,8 +114,12 @@ def _walk(cell, x, additive, steps, burn_in, interval, h, c, q, dtype, keep=0, b
     def advance(t0, n_steps):
         log_r = np.empty((E, B, -(-n_steps // interval), q.shape[-1]))
         with single_threaded_blas():
-            tangent_walk(cell.code, x, additive, *parameters, t0, n_steps, interval, h, c, q,
-                         diverged, log_r, block_size, used - keep, *tape)
+            if q.shape[-1] == q.shape[-2] and interval > 1:  # all exponents: by interval products
+                spectrum_walk(cell.code, x, additive, *parameters, t0, n_steps, interval, h, c,
+                              q, diverged, log_r, in_flight, used - keep, *tape)
+            else:
+                tangent_walk(cell.code, x, additive, *parameters, t0, n_steps, interval, h, c,
+                             q, diverged, log_r, block_size, used - keep, *tape)
         return log_r
 
     if burn_in:

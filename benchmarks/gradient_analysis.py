@@ -192,11 +192,14 @@ def run(name, flops, implementations, repeats, check):
     return rows
 
 
-def close(tolerance):
+def close(tolerance, below_top=-np.inf):
+    """A check that every result is within ``tolerance`` of ours, where ours is above its
+    largest value + ``below_top``."""
     def check(results):
         ours = np.asarray(results["ours"])
+        compared = ours > ours.max() + below_top
         for label, value in results.items():
-            gap = np.max(np.abs(np.asarray(value) - ours))
+            gap = np.max(np.abs(np.asarray(value) - ours)[compared])
             assert gap < tolerance, f"{label} differs from ours by {gap} (> {tolerance})"
     return check
 
@@ -226,7 +229,11 @@ def main(argv=None):
              "numpy": lambda: numpy_spectrum(W, h0, steps, interval)}
     if torch is not None:
         impls["torch"] = lambda: torch_spectrum(W, h0, steps, interval)
-    rows += run(f"spectrum N={N}", flops, impls, repeats, close(0.05))
+    # an interval's product has condition number ~ exp(interval * (lmax - l)): where that
+    # passes 1 / sqrt(eps), rounding between two QRs blurs the exponent l (for every
+    # method, each its own way), so compare the exponents above that
+    resolved = np.log(np.finfo(np.float64).eps) / (2 * interval)
+    rows += run(f"spectrum N={N}", flops, impls, repeats, close(0.05, below_top=resolved))
 
     N, steps, lags = config["gradnorm"]
     rnn, W, h0 = network(N, seed=2)

@@ -43,6 +43,7 @@ import numpy as np
 
 from kernels._jit import jit
 from kernels.cells import LIN_C, LIN_CC, LIN_H, LIN_HC, LIN_HH
+from kernels.memory import fill
 
 
 @jit
@@ -124,17 +125,39 @@ def state_vjp(lin, w_hh, lh, lc, lh_out, lc_out):
 def state_jacobian(lin, w_hh, jac):
     """jac (S, S) = d(h, c)/d(h_prev, c_prev), S = H, or 2H for an LSTM (h rows first)."""
     n = w_hh.shape[1]
+    jacobian_h_columns(lin, w_hh, jac[:, :n])
+    for u in range(jac.shape[0] - n):  # an LSTM's c columns: two diagonal blocks
+        fill(jac[u, n:], 0.0)
+        fill(jac[n + u, n:], 0.0)
+        jac[u, n + u] = lin[LIN_HC, u]
+        jac[n + u, n + u] = lin[LIN_CC, u]
+
+
+@jit
+def jacobian_h_columns(lin, w_hh, jac):
+    """jac (S, H) = d(h, c)/d h_prev, the first H columns of ``state_jacobian`` (all of
+    them unless the cell is an LSTM)."""
+    n = w_hh.shape[1]
     n_gates = w_hh.shape[0] // n
-    jac[:] = 0.0
     for u in range(n):
+        fill(jac[u], 0.0)
         for g in range(n_gates):
             for v in range(n):
                 jac[u, v] += lin[LIN_H + g, u] * w_hh[g * n + u, v]
         jac[u, u] += lin[LIN_HH, u]
-    if jac.shape[0] > n:
-        for u in range(n):
-            for g in range(n_gates):
-                for v in range(n):
-                    jac[n + u, v] += lin[LIN_C + g, u] * w_hh[g * n + u, v]
-            jac[u, n + u] = lin[LIN_HC, u]
-            jac[n + u, n + u] = lin[LIN_CC, u]
+    for u in range(jac.shape[0] - n):
+        fill(jac[n + u], 0.0)
+        for g in range(n_gates):
+            for v in range(n):
+                jac[n + u, v] += lin[LIN_C + g, u] * w_hh[g * n + u, v]
+
+
+@jit
+def add_c_column_terms(lin, qc, qh_out, qc_out):
+    """(qh_out, qc_out) += J's c columns times ``qc`` (k columns): the part of J q that
+    ``jacobian_h_columns`` leaves out (an LSTM's; nothing for other cells, whose qc has
+    no rows)."""
+    for u in range(qc.shape[0]):
+        for j in range(qc.shape[1]):
+            qh_out[u, j] += lin[LIN_HC, u] * qc[u, j]
+            qc_out[u, j] += lin[LIN_CC, u] * qc[u, j]

@@ -10,7 +10,11 @@ Two kinds of kernel:
 - ``tangent_walk``: the state and k tangent vectors advanced together from the
   parameters, with re-orthonormalisation (QR) every ``interval`` steps and the log
   stretch factors written out in float64. It keeps nothing per step, so its memory
-  does not depend on the number of steps (Benettin et al. 1980; Shimada & Nagashima 1979).
+  does not depend on the number of steps (Benettin et al. 1980; Shimada & Nagashima 1979);
+- ``spectrum_walk``: the same for all S tangents (the full spectrum) with QR every
+  interval > 1 steps, by interval products: each interval's Jacobians are multiplied
+  together while the interval before is QR-ed, so that the QRs, which cost as much as
+  several steps, run beside the products instead of between them.
 
 States are indexed by time: ``hs[:, t]`` is s_t, the state after step t, and s_(-1) is
 the initial state; J_t = d s_t / d s_(t-1) uses what step t saved. Items (ensemble
@@ -23,8 +27,9 @@ from numba import prange
 
 from kernels._jit import jit
 from kernels.cells import (LIN_ROWS, add_product, cell_forward, cell_linearisation, fits_panels,
-                           n_gates)
-from kernels.jacobians import adjoint_direct, adjoint_gates, state_jacobian, tangent_combine
+                           n_gates, saved_width)
+from kernels.jacobians import (add_c_column_terms, adjoint_direct, adjoint_gates,
+                               jacobian_h_columns, state_jacobian, tangent_combine)
 from kernels.memory import add_into, copy_array, copy_into, fill
 
 #: ``tangent_walk`` splits each network into blocks of units (all their gate rows), so
@@ -225,6 +230,18 @@ def _block_products(panel, h, q, ph, a):
 
 
 @jit
+def _product_into(a, b, out):
+    """out = a @ b, in register panels when they fit (``kernels.cells.add_product``), else
+    by BLAS; nothing to do when ``out`` has no columns."""
+    if fits_panels(out):
+        for row in out:
+            fill(row, 0.0)
+        add_product(a, b, out)
+    elif out.shape[1] > 0:
+        np.dot(a, b, out)
+
+
+@jit
 def _transposed_panels(w_hh, block_size):
     """(E, blocks, G, H, block_size): each unit block's gate rows of W_hh, transposed and
     contiguous, so that ``_block_products`` streams through memory."""
@@ -276,14 +293,9 @@ def _block_step(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, s, u0
         if k == 1:  # one tangent (lambda_max): W read once, for state and tangent
             _block_products(panels[g], h, q[:n_units].reshape(n_units), ph[block],
                             a_flat[block])
-        else:  # many tangents: a matrix product (in register panels, else BLAS)
+        else:  # many tangents (or none): a matrix product
             rows = w_hh[first:first + n]
-            tangents = q[:n_units]
-            if fits_panels(a[block]):
-                a[block] = 0.0
-                add_product(rows, tangents, a[block])
-            else:
-                np.dot(rows, tangents, a[block])
+            _product_into(rows, q[:n_units], a[block])
             add_into(np.dot(rows, h), ph[block])
         copy_into(b_ih[first:first + n], p[block])
         if x.shape[1] > 0:
@@ -452,3 +464,177 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
         copy_array(h, h_next)
         copy_array(c, c_next)
         copy_array(q, q_next)
+
+
+#: ``spectrum_walk`` multiplies each interval's Jacobians in pieces of about this many
+#: steps: the pieces of one interval are formed while the interval before is QR-ed.
+PIECE_STEPS = 5
+
+
+@jit
+def _n_pieces(n_steps):
+    """Pieces of an interval of ``n_steps`` steps."""
+    return max(1, (n_steps + PIECE_STEPS // 2) // PIECE_STEPS)
+
+
+@jit
+def _interval_linearise(cell, tape, t, lin):
+    """``lin`` of step t of one item's interval tape (hs (L, H), cs (L, H or 0), p (L or 0,
+    width), state before the interval h (H,), c)."""
+    hs, cs, p, h_start, c_start = tape
+    h_prev = hs[t - 1] if t > 0 else h_start
+    c_prev = cs[t - 1] if t > 0 else c_start
+    saved = p[t] if p.shape[0] > 0 else hs[t, :0]  # vanilla RNNs save nothing
+    cell_linearisation(cell, saved, h_prev, c_prev, hs[t], cs[t], lin)
+
+
+@jit
+def _interval_tape(tapes, parity, slot):
+    hs, cs, p, h_start, c_start = tapes
+    return (hs[parity, slot], cs[parity, slot], p[parity, slot], h_start[parity, slot],
+            c_start[parity, slot])
+
+
+@jit
+def _walk_interval(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, t_first,
+                   n_steps, h, c, tape, no_tangents, scratch, record_from, hs_rec, cs_rec,
+                   p_rec, h_before, c_before):
+    """Advance one item's state (h, c), in place, ``n_steps`` steps from input step
+    ``t_first``, keeping the steps on its interval ``tape`` (and on the forward tape
+    ``*_rec`` from step ``record_from`` on, as ``tangent_walk`` does)."""
+    hs, cs, p, h_start, c_start = tape
+    copy_into(h, h_start)
+    copy_into(c, c_start)
+    for j in range(n_steps):
+        h_prev = hs[j - 1] if j > 0 else h_start
+        c_prev = cs[j - 1] if j > 0 else c_start
+        if t_first + j == record_from:
+            copy_into(h_prev, h_before)
+            copy_into(c_prev, c_before)
+        saved = _block_step(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b,
+                            t_first + j, 0, h.shape[0], h_prev, c_prev, no_tangents, hs[j],
+                            cs[j], no_tangents, scratch)
+        if p.shape[0] > 0:
+            copy_into(saved[:p.shape[1]], p[j])
+        if hs_rec.shape[0] > 0 and t_first + j >= record_from:
+            _record(saved, 0, hs[j], cs[j], t_first + j - record_from, hs_rec, cs_rec, p_rec)
+    copy_into(hs[n_steps - 1], h)
+    copy_into(cs[n_steps - 1], c)
+
+
+@jit
+def _interval_piece(cell, w_hh, tape, t_from, t_to, out, spare, jac, lin):
+    """out (S, S) = J_(t_to - 1) ... J_(t_from), the product of steps t_from..t_to - 1 of
+    an interval ``tape``; ``spare`` (S, S), ``jac`` (S, H) and ``lin`` are work arrays.
+
+    Each step forms J's dense columns (d s / d h_prev) and multiplies by them: with S
+    tangents that is cheaper than multiplying by W_hh (G H rows) and combining the gates.
+    """
+    n_units = w_hh.shape[1]
+    here, there = (out, spare) if (t_to - t_from) % 2 == 1 else (spare, out)
+    _interval_linearise(cell, tape, t_from, lin)
+    state_jacobian(lin, w_hh, here)
+    for t in range(t_from + 1, t_to):
+        _interval_linearise(cell, tape, t, lin)
+        jacobian_h_columns(lin, w_hh, jac)
+        _product_into(jac, here[:n_units], there)
+        add_c_column_terms(lin, here[n_units:], there[:here.shape[0] - n_units],
+                           there[n_units:])
+        here, there = there, here
+
+
+@jit
+def _interval_length(r, interval, n_steps):
+    return min(interval, n_steps - r * interval)
+
+
+@jit
+def _piece_of_interval(cell, w_hh, tapes, pieces, spares, jac, lin, slot, part, r,
+                       interval, n_steps):
+    """Piece ``part`` of interval r of the item in ``slot`` (if the interval has one)."""
+    n = _interval_length(r, interval, n_steps)
+    n_parts = _n_pieces(n)
+    if part < n_parts:
+        _interval_piece(cell, w_hh, _interval_tape(tapes, r % 2, slot), part * n // n_parts,
+                        (part + 1) * n // n_parts, pieces[r % 2, slot, part],
+                        spares[slot, part], jac[slot, part], lin[slot, part])
+
+
+@jit
+def _finish_interval(tapes, pieces, spares, slot, r, interval, n_steps, q, log_r):
+    """q <- Q of M_P ... M_1 q = QR, with the pieces M_j of interval r of the item in
+    ``slot``, and log |R_jj| into ``log_r[r]``; False if the state or the tangents
+    stopped being finite."""
+    n = _interval_length(r, interval, n_steps)
+    spare = spares[slot, spares.shape[1] - 1]
+    here, there = q, spare
+    for j in range(_n_pieces(n)):
+        _product_into(pieces[r % 2, slot, j], here, there)
+        here, there = there, here
+    if _n_pieces(n) % 2 == 1:
+        copy_array(spare, q)
+    return _renormalise(tapes[0][r % 2, slot, n - 1], q, log_r, r)
+
+
+@jit(parallel=True)
+def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
+                  diverged, log_r, group, record_from, hs_rec, cs_rec, p_rec, h_before,
+                  c_before):
+    """``tangent_walk`` for a full set of tangents (k = S) and QR every ``interval`` > 1
+    steps, by interval products. The same arguments, with ``group`` in place of the block
+    size: how many items are in flight at once (memory grows with it; a few per thread).
+
+    Each interval's Jacobian product M = J_t1 ... J_t0 is formed on its own, in
+    pieces of about ``PIECE_STEPS`` steps that are then applied in order, q <- QR(M q).
+    That costs as many flops as advancing q step by step, but an interval's products no
+    longer wait for the QR before them: the state runs one interval ahead, and the pieces
+    of one interval are formed while the previous one is multiplied out and QR-ed, by
+    other threads. Every item's arithmetic is the same for any thread count. An item
+    that diverges keeps the state where its walk stopped (up to an interval later).
+    """
+    n_members, batch, n_units = h.shape
+    n_items = n_members * batch
+    size = q.shape[2]
+    dtype = h.dtype
+    n_intervals = -(-n_steps // interval)
+    n_pieces = _n_pieces(interval)
+    tapes = (np.empty((2, group, interval, n_units), dtype),
+             np.empty((2, group, interval, c.shape[2]), dtype),
+             np.empty((2, group, interval if n_gates(cell) > 1 else 0,
+                       saved_width(cell, n_units)), dtype),
+             np.empty((2, group, n_units), dtype), np.empty((2, group, c.shape[2]), dtype))
+    pieces = np.empty((2, group, n_pieces, size, size), dtype)
+    spares = np.empty((group, n_pieces + 1, size, size), dtype)
+    jac = np.empty((group, n_pieces, size, n_units), dtype)
+    lin = np.empty((group, n_pieces, LIN_ROWS, n_units), dtype)
+    no_tangents = np.empty((size, 0), dtype)
+    panels = _transposed_panels(w_hh[:, :0], n_units)  # (no single tangent)
+    walk_scratch = _scratch(group, n_units, 0, dtype)
+    log_r[:] = np.nan
+    n_tasks = n_pieces + 1  # per item: the pieces of one interval, and the rest
+    for first in range(0, n_items, group):
+        in_group = min(group, n_items - first)
+        for r in range(-1, n_intervals + 1):  # round r: pieces of interval r, end of r - 1
+            for task in prange(in_group * n_tasks):
+                slot = task // n_tasks
+                part = task % n_tasks
+                e = (first + slot) // batch
+                b = (first + slot) % batch
+                if diverged[e, b]:
+                    pass
+                elif part < n_pieces:
+                    if 0 <= r < n_intervals:
+                        _piece_of_interval(cell, w_hh[e], tapes, pieces, spares, jac, lin,
+                                           slot, part, r, interval, n_steps)
+                elif r >= 1 and not _finish_interval(tapes, pieces, spares, slot, r - 1, interval,
+                                                     n_steps, q[e, b], log_r[e, b]):
+                    diverged[e, b] = True
+                elif r + 1 < n_intervals:  # walk the state through interval r + 1
+                    s0 = (r + 1) * interval
+                    _walk_interval(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
+                                   panels[e, 0], b_hh[e], 0 if x.shape[0] == 1 else e, b,
+                                   t0 + s0, min(interval, n_steps - s0), h[e, b], c[e, b],
+                                   _interval_tape(tapes, (r + 1) % 2, slot), no_tangents,
+                                   _task_scratch(walk_scratch, slot), record_from,
+                                   hs_rec[e, :, b], cs_rec[e, :, b], p_rec[e, :, b],
+                                   h_before[e, b], c_before[e, b])

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import analysis
 import dynamics
 import kernels
+from kernels import jacobians
 from kernels.cells import CELL_CODES, LIN_ROWS, cell_linearisation
 
 
@@ -89,6 +90,14 @@ def test_jvp_vjp_and_jacobian_kernels_agree(case, dtype):
     scale = np.abs(jac).sum() + 1.0
     np.testing.assert_allclose(q_out, jac.astype(np.float64) @ q, atol=tol * scale)
     np.testing.assert_allclose(l_out, l @ jac.astype(np.float64), atol=tol * scale)
+    # J Q for a block of tangents from J's h columns and the c-column terms (an LSTM's)
+    h_columns = np.empty((S, H), dtype)
+    jacobians.jacobian_h_columns(lin, w_hh, h_columns)
+    np.testing.assert_array_equal(h_columns, jac[:, :H])
+    block = rng.normal(size=(S, 3)).astype(dtype)
+    product = h_columns @ block[:H]
+    jacobians.add_c_column_terms(lin, block[H:], product[:S - H], product[H:])
+    np.testing.assert_allclose(product, jac.astype(np.float64) @ block, atol=tol * scale)
 
 
 @examples(15)

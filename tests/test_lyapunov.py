@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 import analysis
 import dynamics
 from analysis import meanfield
+from dynamics.layer import member_major_parameters
+from kernels.cells import CELL_CODES, saved_width
+from kernels.tangents import spectrum_walk, tangent_walk
 
 
 def relu_linear_network(matrix, bias=5.0):
@@ -167,6 +170,87 @@ def test_matches_a_numpy_qr_loop():
             logs.append(np.log(np.abs(np.diag(r))))
     np.testing.assert_allclose(ly.finite_time_exponents.values[0], np.array(logs) / m,
                                rtol=1e-8, atol=1e-10)
+
+
+def _walk_both_ways(cell, x, t0, n_steps, interval, keep, seed, dtype):
+    """Run ``tangent_walk`` (step by step, whole sequences) and ``spectrum_walk`` (by
+    interval products) from one start with all S tangents; their states, log |R_jj|,
+    diverged flags and forward tapes."""
+    E, H, code = cell.ensemble_size or 1, cell.hidden_size, CELL_CODES[cell.kind]
+    B = x.shape[2]
+    S = 2 * H if cell.kind == "lstm" else H
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(E, B, H)).astype(dtype)
+    c = rng.normal(size=(E, B, H if cell.kind == "lstm" else 0)).astype(dtype)
+    q = np.linalg.qr(rng.normal(size=(E, B, S, S)))[0].astype(dtype)
+    parameters = member_major_parameters(cell, dtype)
+    results = []
+    for walk, extra in ((tangent_walk, H), (spectrum_walk, 1 + seed % 3)):
+        state = [h.copy(), c.copy(), q.copy(), np.zeros((E, B), bool),
+                 np.empty((E, B, -(-n_steps // interval), S))]
+        shapes = [(E, keep, B, H), (E, keep, B, c.shape[2]),
+                  (E, keep if cell.kind in ("lstm", "gru") else 0, B, saved_width(code, H)),
+                  h.shape, c.shape]
+        tape = tuple(np.full(shape, np.nan, dtype) for shape in shapes)
+        walk(code, x, False, *parameters, t0, n_steps, interval, *state, extra,
+             t0 + n_steps - keep, *tape)  # (extra: the block size, or the items in flight)
+        results.append((state, tape))
+    return results
+
+
+@examples(25)
+@given(st.sampled_from(KINDS), st.sampled_from([np.float32, np.float64]), st.integers(1, 5),
+       st.integers(1, 2), st.integers(1, 3), st.integers(2, 12), st.integers(1, 30),
+       st.integers(0, 3), st.booleans(), st.data(), seeds)
+def test_interval_products_walk_like_step_by_step_tangents(kind, dtype, H, E, B, interval,
+                                                           n_steps, t0, driven, data, seed):
+    """With all S tangents and QR every interval > 1 steps, ``spectrum_walk`` multiplies
+    each interval's Jacobians together before applying them: the same trajectory and
+    tapes as ``tangent_walk``, bit for bit, and the same log |R_jj| up to the rounding of
+    the other association (eps times the interval product's condition number)."""
+    cell = random_cell(kind, 2, H, seed=seed, gain=1.2, ensemble=E if E > 1 else None)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(E if seed % 2 else 1, t0 + n_steps if driven else 0, B,
+                         2 if driven else 0)).astype(dtype)
+    keep = data.draw(st.integers(0, n_steps))
+    (steps, step_tape), (products, product_tape) = _walk_both_ways(
+        cell, x, t0, n_steps, interval, keep, seed, dtype)
+    exact = (2 * H if kind == "lstm" else H) > 1  # (one tangent: tangent_walk's own matvec)
+    for a, b in zip(steps[:2] + steps[3:4] + list(step_tape), products[:2] + products[3:4] +
+                    list(product_tape)):
+        if exact:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-5)
+    log_r, other = steps[4], products[4]
+    eps = np.finfo(dtype).eps
+    spread = np.nanmax(log_r, -1) - np.nanmin(log_r, -1)  # log of the condition number
+    # records whose interval product, and every one before it, has condition < eps^-1/4
+    # (a record inherits the earlier ones' rounding through the directions of q)
+    tight = np.logical_and.accumulate(np.isfinite(spread) & (spread < -0.25 * np.log(eps)),
+                                      axis=-1)
+    np.testing.assert_allclose(other[tight], log_r[tight], rtol=0, atol=100 * eps ** 0.75)
+    assert np.array_equal(np.isnan(other), np.isnan(log_r))
+
+
+def test_a_diverging_member_stops_alone():
+    """In an ensemble whose member 0 overflows, member 0 is flagged and member 1 gets the
+    spectrum it gets alone, both step by step (QR every step) and by interval products."""
+    good = random_cell("rnn_relu", 1, 4, seed=3, gain=1.5)
+    bad = dynamics.RNN(weight_ih=np.zeros((4, 1)), weight_hh=1e200 * np.eye(4),
+                       bias_ih=np.zeros(4), bias_hh=np.zeros(4), nonlinearity="relu")
+    pair = dynamics.RNN.stack([bad, good])
+    for interval in (1, 5):
+        with np.errstate(over="ignore", invalid="ignore"):
+            both = analysis.lyapunov_spectrum(pair, steps=100, interval=interval,
+                                              h0=np.ones((1, 2, 1, 4)), seed=0)
+        alone = analysis.lyapunov_spectrum(good, steps=100, interval=interval,
+                                           h0=np.ones((1, 1, 4)),
+                                           seed=np.random.SeedSequence(0).spawn(2)[1])
+        assert both.diverged.values.tolist() == [[True], [False]]
+        assert np.isnan(both.lyapunov_exponents.values[0]).all()
+        np.testing.assert_array_equal(both.lyapunov_exponents.values[1],
+                                      alone.lyapunov_exponents.values)
 
 
 def test_ensemble_equals_members_and_float32_is_close():
