@@ -495,7 +495,7 @@ def _interval_tape(tapes, parity, slot):
             c_start[parity, slot])
 
 
-@jit
+@jit(inline=True)
 def _walk_interval(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, t_first,
                    n_steps, h, c, tape, no_tangents, scratch, record_from, hs_rec, cs_rec,
                    p_rec, h_before, c_before):
@@ -548,7 +548,7 @@ def _interval_length(r, interval, n_steps):
     return min(interval, n_steps - r * interval)
 
 
-@jit
+@jit(inline=True)
 def _piece_of_interval(cell, w_hh, tapes, pieces, spares, jac, lin, slot, part, r,
                        interval, n_steps):
     """Piece ``part`` of interval r of the item in ``slot`` (if the interval has one)."""
@@ -560,7 +560,7 @@ def _piece_of_interval(cell, w_hh, tapes, pieces, spares, jac, lin, slot, part, 
                         spares[slot, part], jac[slot, part], lin[slot, part])
 
 
-@jit
+@jit(inline=True)
 def _finish_interval(tapes, pieces, spares, slot, r, interval, n_steps, q, log_r):
     """q <- Q of M_P ... M_1 q = QR, with the pieces M_j of interval r of the item in
     ``slot``, and log |R_jj| into ``log_r[r]``; False if the state or the tangents
@@ -608,7 +608,7 @@ def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interv
     jac = np.empty((group, n_pieces, size, n_units), dtype)
     lin = np.empty((group, n_pieces, LIN_ROWS, n_units), dtype)
     no_tangents = np.empty((size, 0), dtype)
-    panels = _transposed_panels(w_hh[:, :0], n_units)  # (no single tangent)
+    no_panels = np.empty((0, n_units, 0), dtype)  # (the one-tangent path is not taken)
     walk_scratch = _scratch(group, n_units, 0, dtype)
     log_r[:] = np.nan
     n_tasks = n_pieces + 1  # per item: the pieces of one interval, and the rest
@@ -632,8 +632,8 @@ def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interv
                 elif r + 1 < n_intervals:  # walk the state through interval r + 1
                     s0 = (r + 1) * interval
                     _walk_interval(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
-                                   panels[e, 0], b_hh[e], 0 if x.shape[0] == 1 else e, b,
-                                   t0 + s0, min(interval, n_steps - s0), h[e, b], c[e, b],
+                                   no_panels, b_hh[e], 0 if x.shape[0] == 1 else e, b, t0 + s0,
+                                   min(interval, n_steps - s0), h[e, b], c[e, b],
                                    _interval_tape(tapes, (r + 1) % 2, slot), no_tangents,
                                    _task_scratch(walk_scratch, slot), record_from,
                                    hs_rec[e, :, b], cs_rec[e, :, b], p_rec[e, :, b],
