@@ -104,8 +104,8 @@ def _walk(cell, x, additive, steps, burn_in, interval, h, c, q, dtype, keep=0, b
         log_r = gpu.tangent_walk(cell, x, additive, parameters, burn_in, used - burn_in,
                                  interval, *state)
         return log_r, state[3].copy_to_host(), None
-    block_size = unit_block_size(cell.hidden_size, E * B)
-    in_flight = min(E * B, 4 * numba.get_num_threads())  # items of a spectrum_walk at once
+    block_size = unit_block_size(cell.hidden_size, E * B)  # (tangent_walk)
+    in_flight = min(E * B, 4 * numba.get_num_threads())  # (spectrum_walk: items at once)
     gated = cell.kind in ("lstm", "gru")  # a vanilla RNN's linearisation needs h alone
     tape = (np.empty((E, keep, B, H), dtype), np.empty((E, keep, B, c.shape[2]), dtype),
             np.empty((E, keep if gated else 0, B, saved_width(cell.code, H)), dtype),

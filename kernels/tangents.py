@@ -52,18 +52,20 @@ def unit_block_size(n_units, n_items=1):
 
 
 @jit
-def _step_inputs(p, hs, cs, h0, c0, e, t, b):
-    """(saved row, h_prev, c_prev, h, c) of step t of item (e, b) on a forward tape."""
-    h_prev = hs[e, t - 1, b] if t > 0 else h0[e, b]
-    c_prev = cs[e, t - 1, b] if t > 0 else c0[e, b]
-    saved = p[e, t, b] if p.shape[1] > 0 else hs[e, t, b, :0]  # vanilla RNNs save nothing
-    return saved, h_prev, c_prev, hs[e, t, b], cs[e, t, b]
+def _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin):
+    """``lin`` of step t of item (e, b) on a forward tape."""
+    _tape_linearise(cell, (hs[e, :, b], cs[e, :, b], p[e, :, b], h0[e, b], c0[e, b]), t, lin)
 
 
 @jit
-def _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin):
-    saved, h_prev, c_prev, h, c = _step_inputs(p, hs, cs, h0, c0, e, t, b)
-    cell_linearisation(cell, saved, h_prev, c_prev, h, c, lin)
+def _tape_linearise(cell, tape, t, lin):
+    """``lin`` of step t of one item's tape: hs (T, H), cs (T, H or 0), p (T or 0, saved
+    width; vanilla RNNs save nothing) and the state before step 0, h (H,) and c."""
+    hs, cs, p, h_start, c_start = tape
+    h_prev = hs[t - 1] if t > 0 else h_start
+    c_prev = cs[t - 1] if t > 0 else c_start
+    saved = p[t] if p.shape[0] > 0 else hs[t, :0]
+    cell_linearisation(cell, saved, h_prev, c_prev, hs[t], cs[t], lin)
 
 
 @jit(parallel=True)
@@ -478,18 +480,8 @@ def _n_pieces(n_steps):
 
 
 @jit
-def _interval_linearise(cell, tape, t, lin):
-    """``lin`` of step t of one item's interval tape (hs (L, H), cs (L, H or 0), p (L or 0,
-    width), state before the interval h (H,), c)."""
-    hs, cs, p, h_start, c_start = tape
-    h_prev = hs[t - 1] if t > 0 else h_start
-    c_prev = cs[t - 1] if t > 0 else c_start
-    saved = p[t] if p.shape[0] > 0 else hs[t, :0]  # vanilla RNNs save nothing
-    cell_linearisation(cell, saved, h_prev, c_prev, hs[t], cs[t], lin)
-
-
-@jit
 def _interval_tape(tapes, parity, slot):
+    """One item's interval tape (see ``_tape_linearise``) out of ``spectrum_walk``'s."""
     hs, cs, p, h_start, c_start = tapes
     return (hs[parity, slot], cs[parity, slot], p[parity, slot], h_start[parity, slot],
             c_start[parity, slot])
@@ -532,10 +524,10 @@ def _interval_piece(cell, w_hh, tape, t_from, t_to, out, spare, jac, lin):
     """
     n_units = w_hh.shape[1]
     here, there = (out, spare) if (t_to - t_from) % 2 == 1 else (spare, out)
-    _interval_linearise(cell, tape, t_from, lin)
+    _tape_linearise(cell, tape, t_from, lin)
     state_jacobian(lin, w_hh, here)
     for t in range(t_from + 1, t_to):
-        _interval_linearise(cell, tape, t, lin)
+        _tape_linearise(cell, tape, t, lin)
         jacobian_h_columns(lin, w_hh, jac)
         _product_into(jac, here[:n_units], there)
         add_c_column_terms(lin, here[n_units:], there[:here.shape[0] - n_units],
@@ -566,12 +558,13 @@ def _finish_interval(tapes, pieces, spares, slot, r, interval, n_steps, q, log_r
     ``slot``, and log |R_jj| into ``log_r[r]``; False if the state or the tangents
     stopped being finite."""
     n = _interval_length(r, interval, n_steps)
+    n_parts = _n_pieces(n)
     spare = spares[slot, spares.shape[1] - 1]
     here, there = q, spare
-    for j in range(_n_pieces(n)):
+    for j in range(n_parts):
         _product_into(pieces[r % 2, slot, j], here, there)
         here, there = there, here
-    if _n_pieces(n) % 2 == 1:
+    if n_parts % 2 == 1:  # the product ended in the spare
         copy_array(spare, q)
     return _renormalise(tapes[0][r % 2, slot, n - 1], q, log_r, r)
 
@@ -607,7 +600,7 @@ def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interv
     spares = np.empty((group, n_pieces + 1, size, size), dtype)
     jac = np.empty((group, n_pieces, size, n_units), dtype)
     lin = np.empty((group, n_pieces, LIN_ROWS, n_units), dtype)
-    no_tangents = np.empty((size, 0), dtype)
+    no_tangents = np.empty((size, 0), dtype)  # the walk's q and q_next: nothing to touch
     no_panels = np.empty((0, n_units, 0), dtype)  # (the one-tangent path is not taken)
     walk_scratch = _scratch(group, n_units, 0, dtype)
     log_r[:] = np.nan
@@ -626,8 +619,8 @@ def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interv
                     if 0 <= r < n_intervals:
                         _piece_of_interval(cell, w_hh[e], tapes, pieces, spares, jac, lin,
                                            slot, part, r, interval, n_steps)
-                elif r >= 1 and not _finish_interval(tapes, pieces, spares, slot, r - 1, interval,
-                                                     n_steps, q[e, b], log_r[e, b]):
+                elif r >= 1 and not _finish_interval(tapes, pieces, spares, slot, r - 1,
+                                                     interval, n_steps, q[e, b], log_r[e, b]):
                     diverged[e, b] = True
                 elif r + 1 < n_intervals:  # walk the state through interval r + 1
                     s0 = (r + 1) * interval
