@@ -28,6 +28,7 @@ from numba import prange
 from kernels._jit import jit
 from kernels.cells import (LIN_ROWS, add_product, cell_forward, cell_linearisation, fits_panels,
                            n_gates, saved_width)
+from kernels.householder import orthonormalise, qr_workspace, qr_workspaces
 from kernels.jacobians import (add_c_column_terms, adjoint_direct, adjoint_gates,
                                jacobian_h_columns, state_jacobian, tangent_combine)
 from kernels.memory import add_into, copy_array, copy_into, fill
@@ -328,8 +329,9 @@ def _record(saved, u0, h_new, c_new, record, hs_rec, cs_rec, p_rec):
 
 
 @jit
-def _orthonormalise(q, log_r, record):
-    """q <- Q of q = QR; log |R_jj| into ``log_r[record]``."""
+def _orthonormalise(q, log_r, record, work):
+    """q <- Q of q = QR; log |R_jj| into ``log_r[record]``; ``work`` is a
+    ``kernels.householder.qr_workspace`` for q's shape."""
     if q.shape[1] == 1:  # a single vector: QR is normalisation
         log_norm = _log_norm(q)
         if log_norm > -np.inf:
@@ -341,12 +343,7 @@ def _orthonormalise(q, log_r, record):
             q[0, 0] = 1.0
         log_r[record, 0] = log_norm
         return
-    basis, r = np.linalg.qr(q)
-    for i in range(q.shape[0]):  # (LAPACK's Q is in Fortran order)
-        for j in range(q.shape[1]):
-            q[i, j] = basis[i, j]
-    for j in range(q.shape[1]):
-        log_r[record, j] = np.log(np.abs(np.float64(r[j, j])))
+    orthonormalise(q, log_r[record], work)
 
 
 @jit
@@ -365,11 +362,11 @@ def _all_finite(a):
 
 
 @jit
-def _renormalise(h, q, log_r, record):
+def _renormalise(h, q, log_r, record, work):
     """QR of the tangents q if state and tangents are finite (then True), else False."""
     if not (_all_finite(h) and _all_finite(q)):
         return False
-    _orthonormalise(q, log_r, record)
+    _orthonormalise(q, log_r, record, work)
     return True
 
 
@@ -407,6 +404,7 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
             here = (h[e, b].copy(), c[e, b].copy(), q[e, b].copy())
             there = (np.empty_like(here[0]), np.empty_like(here[1]), np.empty_like(here[2]))
             scratch = _task_scratch(_scratch(1, n_units, q.shape[3], h.dtype), 0)
+            work = qr_workspace(qr_workspaces(1, q.shape[2], q.shape[3], h.dtype), 0)
             for s in range(n_steps):
                 if diverged[e, b]:
                     break
@@ -422,7 +420,7 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
                             cs_rec[e, :, b], p_rec[e, :, b])
                 # (diverged is written only when it changes: items share its cache line)
                 if _qr_due(s, n_steps, interval) and not _renormalise(
-                        here[0], here[2], log_r[e, b], s // interval):
+                        here[0], here[2], log_r[e, b], s // interval, work):
                     diverged[e, b] = True
             copy_into(here[0], h[e, b])
             copy_into(here[1], c[e, b])
@@ -432,6 +430,8 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
     c_next = np.empty_like(c)
     q_next = np.empty_like(q)
     scratch = _scratch(n_members * batch * n_blocks, block_size, q.shape[3], h.dtype)
+    work = qr_workspaces(n_members * batch if interval > 0 else 0, q.shape[2], q.shape[3],
+                         h.dtype)
     for s in range(n_steps):  # blocks of units in parallel, step by step
         if t0 + s == record_from:
             copy_array(h, h_before)
@@ -460,7 +460,7 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
                 e = item // batch
                 b = item % batch
                 if not (diverged[e, b] or _renormalise(h[e, b], q[e, b], log_r[e, b],
-                                                       s // interval)):
+                                                       s // interval, qr_workspace(work, item))):
                     diverged[e, b] = True
     if n_steps % 2 == 1:  # the latest values are in the scratch arrays: copy them back
         copy_array(h, h_next)
@@ -472,11 +472,23 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
 #: steps: the pieces of one interval are formed while the interval before is QR-ed.
 PIECE_STEPS = 5
 
+#: The last steps of each interval that ``spectrum_walk``'s finishing task applies to
+#: the tangents itself, after the pieces: moved from the pieces' tasks to balance the
+#: two (measured at N = 200, QR every 10 steps, on 2 cores: pieces of 4 and 5 steps
+#: against the finishing task's 3 products, QR and walk).
+FINISH_STEPS = 1
+
 
 @jit
 def _n_pieces(n_steps):
-    """Pieces of an interval of ``n_steps`` steps."""
-    return max(1, (n_steps + PIECE_STEPS // 2) // PIECE_STEPS)
+    """Pieces of the first ``n_steps`` steps of an interval (none for none)."""
+    return min(n_steps, max(1, (n_steps + PIECE_STEPS // 2) // PIECE_STEPS))
+
+
+@jit
+def _piece_steps(n_steps):
+    """Steps of an interval of ``n_steps`` steps that its pieces cover."""
+    return max(0, n_steps - FINISH_STEPS)
 
 
 @jit
@@ -514,25 +526,33 @@ def _walk_interval(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, t_
     copy_into(cs[n_steps - 1], c)
 
 
-@jit
-def _interval_piece(cell, w_hh, tape, t_from, t_to, out, spare, jac, lin):
-    """out (S, S) = J_(t_to - 1) ... J_(t_from), the product of steps t_from..t_to - 1 of
-    an interval ``tape``; ``spare`` (S, S), ``jac`` (S, H) and ``lin`` are work arrays.
+@jit(inline=True)
+def _apply_steps(cell, w_hh, tape, t_from, t_to, here, there, jac, lin):
+    """``here`` (S, S) <- J_(t_to - 1) ... J_(t_from) ``here`` for steps of an interval
+    ``tape``, with ``there`` as the other buffer; returns the one holding the result.
 
     Each step forms J's dense columns (d s / d h_prev) and multiplies by them: with S
     tangents that is cheaper than multiplying by W_hh (G H rows) and combining the gates.
     """
     n_units = w_hh.shape[1]
-    here, there = (out, spare) if (t_to - t_from) % 2 == 1 else (spare, out)
-    _tape_linearise(cell, tape, t_from, lin)
-    state_jacobian(lin, w_hh, here)
-    for t in range(t_from + 1, t_to):
+    for t in range(t_from, t_to):
         _tape_linearise(cell, tape, t, lin)
         jacobian_h_columns(lin, w_hh, jac)
         _product_into(jac, here[:n_units], there)
         add_c_column_terms(lin, here[n_units:], there[:here.shape[0] - n_units],
                            there[n_units:])
         here, there = there, here
+    return here
+
+
+@jit
+def _interval_piece(cell, w_hh, tape, t_from, t_to, out, spare, jac, lin):
+    """out (S, S) = J_(t_to - 1) ... J_(t_from), the product of steps t_from..t_to - 1 of
+    an interval ``tape``; ``spare`` (S, S), ``jac`` (S, H) and ``lin`` are work arrays."""
+    here, there = (out, spare) if (t_to - t_from) % 2 == 1 else (spare, out)
+    _tape_linearise(cell, tape, t_from, lin)
+    state_jacobian(lin, w_hh, here)
+    _apply_steps(cell, w_hh, tape, t_from + 1, t_to, here, there, jac, lin)
 
 
 @jit
@@ -544,7 +564,7 @@ def _interval_length(r, interval, n_steps):
 def _piece_of_interval(cell, w_hh, tapes, pieces, spares, jac, lin, slot, part, r,
                        interval, n_steps):
     """Piece ``part`` of interval r of the item in ``slot`` (if the interval has one)."""
-    n = _interval_length(r, interval, n_steps)
+    n = _piece_steps(_interval_length(r, interval, n_steps))
     n_parts = _n_pieces(n)
     if part < n_parts:
         _interval_piece(cell, w_hh, _interval_tape(tapes, r % 2, slot), part * n // n_parts,
@@ -553,20 +573,24 @@ def _piece_of_interval(cell, w_hh, tapes, pieces, spares, jac, lin, slot, part, 
 
 
 @jit(inline=True)
-def _finish_interval(tapes, pieces, spares, slot, r, interval, n_steps, q, log_r):
-    """q <- Q of M_P ... M_1 q = QR, with the pieces M_j of interval r of the item in
-    ``slot``, and log |R_jj| into ``log_r[r]``; False if the state or the tangents
-    stopped being finite."""
+def _finish_interval(cell, w_hh, tapes, pieces, spares, jac, lin, work, slot, r, interval,
+                     n_steps, q, log_r):
+    """q <- Q of J_n ... J_(n - FINISH_STEPS + 1) M_P ... M_1 q = QR, with the pieces M_j
+    of interval r of the item in ``slot`` and its last steps, and log |R_jj| into
+    ``log_r[r]``; False if the state or the tangents stopped being finite."""
     n = _interval_length(r, interval, n_steps)
-    n_parts = _n_pieces(n)
+    tape = _interval_tape(tapes, r % 2, slot)
     spare = spares[slot, spares.shape[1] - 1]
     here, there = q, spare
+    n_parts = _n_pieces(_piece_steps(n))
     for j in range(n_parts):
         _product_into(pieces[r % 2, slot, j], here, there)
         here, there = there, here
-    if n_parts % 2 == 1:  # the product ended in the spare
+    _apply_steps(cell, w_hh, tape, _piece_steps(n), n, here, there,
+                 jac[slot, jac.shape[1] - 1], lin[slot, lin.shape[1] - 1])
+    if (n_parts + n - _piece_steps(n)) % 2 == 1:  # the product ended in the spare
         copy_array(spare, q)
-    return _renormalise(tapes[0][r % 2, slot, n - 1], q, log_r, r)
+    return _renormalise(tape[0][n - 1], q, log_r, r, qr_workspace(work, slot))
 
 
 @jit(parallel=True)
@@ -590,7 +614,7 @@ def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interv
     size = q.shape[2]
     dtype = h.dtype
     n_intervals = -(-n_steps // interval)
-    n_pieces = _n_pieces(interval)
+    n_pieces = _n_pieces(_piece_steps(interval))
     tapes = (np.empty((2, group, interval, n_units), dtype),
              np.empty((2, group, interval, c.shape[2]), dtype),
              np.empty((2, group, interval if n_gates(cell) > 1 else 0,
@@ -598,8 +622,9 @@ def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interv
              np.empty((2, group, n_units), dtype), np.empty((2, group, c.shape[2]), dtype))
     pieces = np.empty((2, group, n_pieces, size, size), dtype)
     spares = np.empty((group, n_pieces + 1, size, size), dtype)
-    jac = np.empty((group, n_pieces, size, n_units), dtype)
-    lin = np.empty((group, n_pieces, LIN_ROWS, n_units), dtype)
+    jac = np.empty((group, n_pieces + 1, size, n_units), dtype)  # (the last: the finish's)
+    lin = np.empty((group, n_pieces + 1, LIN_ROWS, n_units), dtype)
+    work = qr_workspaces(group, size, size, dtype)
     no_tangents = np.empty((size, 0), dtype)  # the walk's q and q_next: nothing to touch
     no_panels = np.empty((0, n_units, 0), dtype)  # (the one-tangent path is not taken)
     walk_scratch = _scratch(group, n_units, 0, dtype)
@@ -619,8 +644,9 @@ def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interv
                     if 0 <= r < n_intervals:
                         _piece_of_interval(cell, w_hh[e], tapes, pieces, spares, jac, lin,
                                            slot, part, r, interval, n_steps)
-                elif r >= 1 and not _finish_interval(tapes, pieces, spares, slot, r - 1,
-                                                     interval, n_steps, q[e, b], log_r[e, b]):
+                elif r >= 1 and not _finish_interval(cell, w_hh[e], tapes, pieces, spares, jac,
+                                                     lin, work, slot, r - 1, interval, n_steps,
+                                                     q[e, b], log_r[e, b]):
                     diverged[e, b] = True
                 elif r + 1 < n_intervals:  # walk the state through interval r + 1
                     s0 = (r + 1) * interval
