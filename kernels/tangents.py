@@ -8,9 +8,10 @@ Two kinds of kernel:
   ``adjoint_chain`` (the products d s_T / d s_(T-l) for l = 0..L, kept as a scale and a
   normalised matrix so that no product over- or underflows, with their norms);
 - ``tangent_walk``: the state and k tangent vectors advanced together from the
-  parameters, with re-orthonormalisation (QR) every ``interval`` steps and the log
-  stretch factors written out in float64. It keeps nothing per step, so its memory
-  does not depend on the number of steps (Benettin et al. 1980; Shimada & Nagashima 1979);
+  parameters, with re-orthonormalisation (QR, ``kernels.householder``) every
+  ``interval`` steps and the log stretch factors written out in float64. It keeps
+  nothing per step, so its memory does not depend on the number of steps (Benettin et
+  al. 1980; Shimada & Nagashima 1979);
 - ``spectrum_walk``: the same for all S tangents (the full spectrum) with QR every
   interval > 1 steps, by interval products: each interval's Jacobians are multiplied
   together while the interval before is QR-ed, so that the QRs, which cost as much as
@@ -528,8 +529,9 @@ def _walk_interval(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, t_
 
 @jit(inline=True)
 def _apply_steps(cell, w_hh, tape, t_from, t_to, here, there, jac, lin):
-    """``here`` (S, S) <- J_(t_to - 1) ... J_(t_from) ``here`` for steps of an interval
-    ``tape``, with ``there`` as the other buffer; returns the one holding the result.
+    """J_(t_to - 1) ... J_(t_from) ``here`` (S, S) for steps of an interval ``tape``, with
+    ``there`` as the other buffer: the product ends in ``here`` after an even number of
+    steps, in ``there`` after an odd one.
 
     Each step forms J's dense columns (d s / d h_prev) and multiplies by them: with S
     tangents that is cheaper than multiplying by W_hh (G H rows) and combining the gates.
@@ -542,7 +544,6 @@ def _apply_steps(cell, w_hh, tape, t_from, t_to, here, there, jac, lin):
         add_c_column_terms(lin, here[n_units:], there[:here.shape[0] - n_units],
                            there[n_units:])
         here, there = there, here
-    return here
 
 
 @jit
@@ -606,8 +607,10 @@ def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interv
     That costs as many flops as advancing q step by step, but an interval's products no
     longer wait for the QR before them: the state runs one interval ahead, and the pieces
     of one interval are formed while the previous one is multiplied out and QR-ed, by
-    other threads. Every item's arithmetic is the same for any thread count. An item
-    that diverges keeps the state where its walk stopped (up to an interval later).
+    other threads (the task that QRs also applies the interval's last ``FINISH_STEPS``
+    steps itself, which balances the two). Every item's arithmetic is the same for any
+    thread count. An item that diverges keeps the state where its walk stopped (up to an
+    interval later).
     """
     n_members, batch, n_units = h.shape
     n_items = n_members * batch
