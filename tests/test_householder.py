@@ -20,17 +20,12 @@ def householder(a, log_r, workspaces):
 
 def ours(a, workspaces=None):
     """(Q, log |R_jj|) of a copy of ``a``."""
-    q = np.ascontiguousarray(a.copy())
+    q = a.copy()
     log_r = np.empty(a.shape[1])
     if workspaces is None:
         workspaces = qr_workspaces(1, *a.shape, a.dtype)
     householder(q, log_r, workspaces)
     return q, log_r
-
-
-def scaled_matrix(rng, m, k, dtype, log10_scales):
-    a = rng.normal(size=(m, k)) * 10.0 ** np.asarray(log10_scales)[:k]
-    return a.astype(dtype)
 
 
 @settings(max_examples=60, deadline=None)
@@ -43,11 +38,12 @@ def test_q_and_log_r_are_lapacks(dtype, k, extra_rows, seed, scale):
     rng = np.random.default_rng(seed)
     m = k + extra_rows
     limit = min(scale, 30.0) if dtype == np.float32 else scale
-    a = scaled_matrix(rng, m, k, dtype, rng.uniform(-limit, limit, k))
+    log10_scales = rng.uniform(-limit, limit, k)
+    a = (rng.normal(size=(m, k)) * 10.0 ** log10_scales).astype(dtype)
     q, log_r = ours(a)
     q_ref, r_ref = np.linalg.qr(a.astype(np.float64))
     eps = np.finfo(dtype).eps
-    # columns scaled apart are well conditioned once scaled: compare column by column
+    # columns of very different norms: R's entries are bounded column by column
     a64 = a.astype(np.float64)
     r = q.astype(np.float64).T @ a64
     norms = np.linalg.norm(a64, axis=0)
