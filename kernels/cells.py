@@ -25,7 +25,8 @@ from numba.extending import overload
 from kernels._jit import jit
 from kernels.activations import dsigmoid, drelu, dtanh, relu, sigmoid, tanh
 from kernels.memory import aligned_buffer, any_layout, copy_into, fill
-from kernels.registers import (BLOCK_COLUMNS, PANEL_ROWS, PANEL_VECTORS, VECTOR_BITS,
+from kernels.registers import (HALF_BLOCK, PANEL_ROWS, PANEL_VECTORS, QUARTER_BLOCK,
+                               VECTOR_BITS, WIDE_BLOCK,
                                accumulate_columns, accumulate_panel, accumulate_panel_vector,
                                accumulate_vector, accumulate_vector_from, load_vector)
 
@@ -58,36 +59,33 @@ def transposed_matvec(w, v, out):
     accumulate_rows(w, v, out)
 
 
-#: ``accumulate_rows`` keeps its sums in registers for rows up to this size, which stay
-#: in a core's L1 cache between calls (48 KiB on the Zen 5 it was measured on: 64 x 64
-#: weights 1.6x faster in float32 and float64, 100 x 100 float32 1.35x; larger rows,
-#: streamed from L2, gained nothing or lost up to 15 % in float64).
-REGISTER_SUM_MAX_BYTES = 40 << 10
-
-
 @jit(inline=True)
 def accumulate_rows(rows, coefficients, out):
     """out += sum_j coefficients[j] * rows[j, :], summed in the order j = 0, 1, ...
 
     Blocks of columns keep their sums in vector registers over all rows
-    (``kernels.registers``); when the length is not a multiple of the vector's lanes,
-    the last vector overlaps the one before and is recomputed from the values saved at
-    the start. Rows larger than ``REGISTER_SUM_MAX_BYTES`` (streamed from L2 cache
-    anyway), rows not contiguous, and sums shorter than one vector go through
-    ``accumulate_rows_in_memory``. Same bits every way.
+    (``kernels.registers``), the widest blocks first; when the length is not a multiple
+    of the vector's lanes, the last vector overlaps the one before and is recomputed
+    from the values saved at the start. Rows not contiguous, and sums shorter than one
+    vector, go through ``accumulate_rows_in_memory``. Same bits every way.
     """
     n_out = out.shape[0]
     lanes = VECTOR_BITS // (8 * out.itemsize)
-    if (n_out < lanes or rows.size * rows.itemsize > REGISTER_SUM_MAX_BYTES
-            or rows.strides[1] != rows.itemsize or out.strides[0] != out.itemsize):
+    if n_out < lanes or rows.strides[1] != rows.itemsize or out.strides[0] != out.itemsize:
         accumulate_rows_in_memory(rows, coefficients, out)
         return
     last = n_out - lanes
     initial = load_vector(out, last)
     start = 0
-    while start + BLOCK_COLUMNS <= n_out:
-        accumulate_columns(rows, coefficients, out, start, BLOCK_COLUMNS)
-        start += BLOCK_COLUMNS
+    while start + WIDE_BLOCK * lanes <= n_out:
+        accumulate_columns(rows, coefficients, out, start, WIDE_BLOCK)
+        start += WIDE_BLOCK * lanes
+    if start + HALF_BLOCK * lanes <= n_out:
+        accumulate_columns(rows, coefficients, out, start, HALF_BLOCK)
+        start += HALF_BLOCK * lanes
+    if start + QUARTER_BLOCK * lanes <= n_out:
+        accumulate_columns(rows, coefficients, out, start, QUARTER_BLOCK)
+        start += QUARTER_BLOCK * lanes
     while start + lanes <= n_out:
         accumulate_vector(rows, coefficients, out, start)
         start += lanes

@@ -27,8 +27,8 @@ from kernels.memory import fill
 #: Measured at 200 x 200 float64: 8 columns 0.53 ms, 16 0.47-0.54, 32 0.58, 64 0.77.
 QR_BLOCK = 16
 
-#: Rows of a block's columns summed at a time when a reflector is applied to them:
-#: few enough for ``accumulate_rows`` to keep its sums in registers.
+#: Rows of a block's columns summed at a time when a reflector is applied to them
+#: (measured at 200 x 200 float64: 455-487 us per QR, against 516-533 in one sum).
 CHUNK_ROWS = 64
 
 
@@ -124,7 +124,7 @@ def _factor_block(a, j0, j1, v, w, log_r):
         log_r[j] = np.log(np.abs(beta))
         if j + 1 < j1 and tau != 0.0:  # a[j:, j0:j1] -= tau v (v^T a[j:, j0:j1])
             fill(w, 0.0)
-            for i0 in range(0, reflector.shape[0], CHUNK_ROWS):  # sums kept in registers
+            for i0 in range(0, reflector.shape[0], CHUNK_ROWS):
                 i1 = min(i0 + CHUNK_ROWS, reflector.shape[0])
                 accumulate_rows(a[j + i0:j + i1, j0:j1], reflector[i0:i1], w)
             fill(w[:j + 1 - j0], 0.0)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels.cells import (PAGE_BYTES, REGISTER_SUM_MAX_BYTES, accumulate_rows,
+from kernels.cells import (PAGE_BYTES, accumulate_rows,
                            accumulate_rows_in_memory, add_packed_product, add_product,
                            pack_member_panels, pack_panels, pack_row_panels, panel_width,
                            terms_per_part)
 from kernels.projections import add_transposed_product
-from kernels.registers import PANEL_VECTORS, VECTOR_BITS
+from kernels.registers import PANEL_VECTORS, VECTOR_BITS, WIDE_BLOCK
 
 
 @numba.njit
@@ -34,7 +34,7 @@ def in_memory(rows, coefficients, out):
 
 @settings(max_examples=60, deadline=None)
 @given(dtype=st.sampled_from([np.float32, np.float64]), n_rows=st.integers(0, 50),
-       n_out=st.integers(1, 100), strided_rows=st.booleans(),
+       n_out=st.integers(1, 300), strided_rows=st.booleans(),
        strided_coefficients=st.booleans(), seed=st.integers(0, 2**31))
 def test_register_sums_equal_the_plain_loop_bit_for_bit(dtype, n_rows, n_out, strided_rows,
                                                          strided_coefficients, seed):
@@ -53,10 +53,13 @@ def test_register_sums_equal_the_plain_loop_bit_for_bit(dtype, n_rows, n_out, st
     np.testing.assert_allclose(got, exact, rtol=tolerance, atol=tolerance * (n_rows + 1))
 
 
-def test_the_drawn_sizes_reach_the_register_path():
-    """The largest drawn rows stay under the size limit, so the test above exercises
-    blocks, single vectors and the overlapping last vector, not just the fallback."""
-    assert 50 * 100 * 8 <= REGISTER_SUM_MAX_BYTES
+def test_the_drawn_sizes_reach_every_block_width():
+    """The longest drawn rows reach past the widest block (a single vector and the
+    overlapping last one after it) in both dtypes, shorter ones the narrower blocks, so
+    the test above exercises every way, not just the fallback."""
+    for itemsize in (4, 8):
+        lanes = VECTOR_BITS // (8 * itemsize)
+        assert WIDE_BLOCK * lanes + lanes + 1 <= 300
 
 
 @numba.njit
