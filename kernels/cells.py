@@ -434,21 +434,25 @@ def cell_forward(cell, p, ph, h_prev, c_prev, h, c):
     ``ph`` = W_hh h_prev + b_hh (G*H,). Writes ``h`` (H,) and, for LSTM, ``c`` (H,).
     ``h`` may alias ``h_prev`` and ``c`` may alias ``c_prev`` (unit u reads only
     index u before writing it).
+
+    The gated cells run ``lstm_unit`` and ``gru_unit`` a gate (or two) at a time over
+    all units, then the states: loops over few arrays vectorise, one loop doing
+    everything did not (per unit, same bits: LSTM 2.1 ns instead of 3.1 in float32, 5.8
+    instead of 7.2 in float64; GRU 1.4 instead of 2.1 and 3.6 instead of 5.4).
     """
     n_units = h.shape[0]
     if cell == RNN_TANH or cell == RNN_RELU:
         for u in range(n_units):
             h[u] = rnn_unit(cell, p[u] + ph[u])
-    elif cell == LSTM:  # ``lstm_unit`` a gate at a time: loops over few arrays vectorise
-        for k in range(4):  # (per unit 2.1 ns instead of 3.1 in float32, 5.8 instead of 7.2
-            # in float64, same bits; GRU 1.4 instead of 2.1 and 3.6 instead of 5.4)
+    elif cell == LSTM:
+        for k in range(4):
             gate, hidden = p[k * n_units:(k + 1) * n_units], ph[k * n_units:(k + 1) * n_units]
             for u in range(n_units):
                 gate[u] = lstm_gate(k, gate[u] + hidden[u])
         for u in range(n_units):
             i, f, g, o = saved_gates(p, n_units, u)
             c[u], h[u] = lstm_state(i, f, g, o, c_prev[u])
-    else:  # ``gru_unit`` in two loops, as for LSTM: r and z, then n and h
+    else:  # r and z, then n and h
         for u in range(2 * n_units):
             p[u] = sigmoid(p[u] + ph[u])
         for u in range(n_units):
