@@ -74,9 +74,13 @@ def driven_tape(cell, drive, h0, backend="cpu"):
     p[..., :width] = member_drive + b_ih[:, None, None, :]
     hs = np.empty((n_members, T, batch, H), cell.dtype)
     cs = np.empty((n_members, T, batch, H if cell.kind == "lstm" else 0), cell.dtype)
-    packed_hh_t = pack_member_panels(w_hh.transpose(0, 2, 1), panel_width(hs))
+    width = panel_width(hs)
+    packed_hh_t = pack_member_panels(w_hh.transpose(0, 2, 1), width)
+    no_inputs = np.empty((1, T, batch, 0), cell.dtype)  # p holds the projections
+    no_packed_ih = np.empty((n_members, 0, 0, width), cell.dtype)
     with single_threaded_blas():
-        sequence_forward_gemm(cell.code, False, p, packed_hh_t, b_hh, h_init, c_init, hs, cs)
+        sequence_forward_gemm(cell.code, False, no_inputs, no_packed_ih, b_ih, p, packed_hh_t,
+                              b_hh, h_init, c_init, hs, cs)
     return LayerTape(cell, False, None, w_ih, w_hh, b_hh, h_init, c_init, p, hs, cs)
 
 

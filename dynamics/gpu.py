@@ -240,8 +240,8 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
 
 
 def _parameter_and_input_gradients(tape, grads, grad_x, grad_x_fresh):
-    """dW_ih, dW_hh, the biases' gradients and dL/dx from the gate gradients in tape.p,
-    each one matrix product over all steps."""
+    """dW_ih, dW_hh, the biases' gradients and dL/dx (unless ``grad_x`` is None) from
+    the gate gradients in tape.p, each one matrix product over all steps."""
     n_members, n_steps, batch, hidden = tape.hs.shape
     n_rows = tape.weight_hh.shape[1]
     rows = n_steps * batch
@@ -266,6 +266,8 @@ def _parameter_and_input_gradients(tape, grads, grad_x, grad_x_fresh):
             matmul(later, before, target, trans_a=True)
         matmul(first, tape.h0, target, trans_a=True, accumulate=n_steps > 1)
         matmul(ones, d_hidden, grads["bias_hh"][:, :, w_rows])
+    if grad_x is None:
+        return
     shared_x = tape.x.ndim == 3
     gx = _members(grad_x)
     matmul(gates[:, :, :n_rows], tape.weight_ih, gx.reshape((gx.shape[0], rows, gx.shape[3])),

@@ -25,6 +25,13 @@ from kernels.sequence import (sequence_backward, sequence_backward_gemm, sequenc
 #: H = 64). (With the register-blocked product of ``kernels.cells`` the batched path is
 #: about as fast below 64 KiB too, but the walk of a vanilla RNN saves nothing per step.)
 GEMM_MIN_WEIGHT_BYTES = 64 << 10
+#: The batched recurrence computes each step's input projection in the step when the
+#: input has at most this many features (``kernels.sequence.sequence_forward_gemm``),
+#: else all of them in one product beforehand (same bits). Forward of float32 LSTMs,
+#: H = 128, B = 32, T = 200, ensembles of 8, beforehand / in the step: D = 2 28.8 /
+#: 27.3 ms, D = 32 32.4 / 31.6, D = 128 43.0 / 44.7 (and H = D = 64, one network: 2.41 /
+#: 2.69): the weights of many inputs read every step cost more than a pass over p.
+PROJECT_IN_STEP_INPUTS = 32
 GEMM_MIN_BATCH = 8
 
 
@@ -120,10 +127,13 @@ def layer_forward(cell, x, h0, c0, reverse):
                        saved_width(cell.code, hidden)), dtype)
     if n_steps and batched:  # the weights transposed and packed for the products
         width = panel_width(hs)
+        packed_ih_t = pack_member_panels(weight_ih.transpose(0, 2, 1), width)
+        in_step = x.shape[-1] <= PROJECT_IN_STEP_INPUTS
         with single_threaded_blas():
-            project_inputs(x, pack_member_panels(weight_ih.transpose(0, 2, 1), width),
-                           bias_ih, p)
-            run_forward(cell.code, reverse, p,
+            if not in_step:
+                project_inputs(x, packed_ih_t, bias_ih, p)
+            run_forward(cell.code, reverse, x if x.ndim == 4 else x[None],
+                        packed_ih_t if in_step else packed_ih_t[:, :0], bias_ih, p,
                         pack_member_panels(weight_hh.transpose(0, 2, 1), width), bias_hh, h0,
                         c0, hs, cs)
     elif n_steps:
@@ -155,7 +165,7 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
     ``grad_hs`` is dL/dh_t from above, (T, E, B, H) if ``grad_time_major`` else
     (E, T, B, H), C-contiguous; ``grad_h_n``/``grad_c_n`` (E, B, H)
     the gradients of the final state. Adds dL/dx into ``grad_x`` (which holds zeros if
-    ``grad_x_fresh``) and returns (parameter gradients as (E, ...) arrays keyed by
+    ``grad_x_fresh``; None: no dL/dx) and returns (parameter gradients as (E, ...) arrays keyed by
     torch's names, dL/dh0, dL/dc0).
     """
     dh0 = np.array(grad_h_n, dtype=tape.h0.dtype, order="C")
@@ -181,7 +191,8 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
         if tape.x.ndim == 3:  # x shared by the members: one dL/dx that all add into
             x, gx, fresh = tape.x, grad_x, grad_x_fresh and group == 0
         else:
-            x, gx, fresh = tape.x[members], grad_x[members], grad_x_fresh
+            x, fresh = tape.x[members], grad_x_fresh
+            gx = None if grad_x is None else grad_x[members]
         with single_threaded_blas():
             run_backward(tape.cell.code, tape.reverse, truncation, p, weight_hh[members],
                          tape.h0[members], tape.c0[members], tape.hs[members],

@@ -138,7 +138,7 @@ def forward(model, x, h0=None, backend="cpu"):
 
 
 def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_n=None,
-         grad_c_n=None):
+         grad_c_n=None, input_gradient=True):
     """Gradients of ``L = sum(grad_output * output) [+ sum(grad_h_n * h_n) + ...]``.
 
     Parameters
@@ -149,6 +149,9 @@ def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_
         chunks of k steps (in each direction's processing order) while the forward
         state carries across chunks; k >= T equals full BPTT
     grad_h_n, grad_c_n : optional gradients of the final states (shape of ``h_n``)
+    input_gradient : False leaves out dL/dx (no ``"x"`` key), as torch does for an
+        input that does not require grad: one matrix product over all steps less
+        (training on data needs none)
 
     Returns
     -------
@@ -166,10 +169,11 @@ def bptt(model, x, grad_output, h0=None, truncation=None, backend="cpu", grad_h_
     ['bias_hh_l0', 'bias_ih_l0', 'h0', 'weight_hh_l0', 'weight_ih_l0', 'x']
     """
     return backward(model, forward(model, x, h0, backend), grad_output, truncation,
-                    grad_h_n, grad_c_n)
+                    grad_h_n, grad_c_n, input_gradient)
 
 
-def backward(model, result, grad_output, truncation=None, grad_h_n=None, grad_c_n=None):
+def backward(model, result, grad_output, truncation=None, grad_h_n=None, grad_c_n=None,
+             input_gradient=True):
     """``bptt`` from a ``forward`` result: the gradients of ``L = sum(grad_output *
     result.output) [+ sum(grad_h_n * h_n) + ...]``, same arguments and returns.
 
@@ -190,6 +194,8 @@ def backward(model, result, grad_output, truncation=None, grad_h_n=None, grad_c_
     run = engine(result.backend)
     if truncation is not None:
         truncation = check_positive_int("truncation", truncation)
+    if not isinstance(input_gradient, (bool, np.bool_)):
+        raise TypeError(f"input_gradient must be True or False, got {input_gradient!r}")
     net = as_network(model)
     if [tape.cell for tape in result.tapes] != [cell for *_, cell in net.named_cells()]:
         raise ValueError("result must come from dynamics.forward of this same model")
@@ -215,7 +221,8 @@ def backward(model, result, grad_output, truncation=None, grad_h_n=None, grad_c_
     grads, grad_h0, grad_c0 = {}, np.zeros_like(grad_h), np.zeros_like(grad_c)
     for l in reversed(range(net.num_layers)):
         layer_x = result.tapes[l * dirs].x
-        grad_x = run.zeros_like(layer_x)  # T = 0 leaves it untouched: zeros
+        # T = 0 leaves it untouched: zeros
+        grad_x = run.zeros_like(layer_x) if input_gradient or l > 0 else None
         for d in range(dirs):
             k = l * dirs + d
             grad_hs = grad_above if dirs == 1 else run.units(grad_above, d * H, (d + 1) * H)
@@ -228,11 +235,12 @@ def backward(model, result, grad_output, truncation=None, grad_h_n=None, grad_c_
                 grads[name + net.suffix(l, d)] = value if ensemble else value[0]
         grad_above, time_major = grad_x, False
     result.tapes = None  # the backward pass overwrote the saved pre-activations
-    grad_above = run.to_host(grad_above)
-    if layer_x.ndim == 4:
-        grads["x"] = grad_above.transpose(1, 0, 2, 3) if ensemble else grad_above[0]
-    else:
-        grads["x"] = grad_above
+    if input_gradient:
+        grad_above = run.to_host(grad_above)
+        if layer_x.ndim == 4:
+            grads["x"] = grad_above.transpose(1, 0, 2, 3) if ensemble else grad_above[0]
+        else:
+            grads["x"] = grad_above
     grads["h0"] = grad_h0 if ensemble else grad_h0[:, 0]
     if net.kind == "lstm":
         grads["c0"] = grad_c0 if ensemble else grad_c0[:, 0]

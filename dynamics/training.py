@@ -155,7 +155,8 @@ def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer
             grad_output[-1] = grad_features
         else:
             grad_output = grad_features
-        grads.update({k: v for k, v in backward(net, result, grad_output, truncation).items()
+        grads.update({k: v for k, v in backward(net, result, grad_output, truncation,
+                                                input_gradient=False).items()
                       if k not in INPUT_KEYS})
         step_norm = grad_norm(grads, ensemble=True)
         stopping = ~diverged & ~(np.isfinite(step_loss) & np.isfinite(step_norm))

@@ -98,16 +98,17 @@ TRANSPOSED_PART_ROWS = 256
 @jit
 def add_transposed_product(d, states, out):
     """out += d^T states, i.e. out[j] += sum_r d[r, j] * states[r]: in register panels
-    with every sum over r in order (``kernels.cells.add_packed_product``) where the
-    shapes fit, else by BLAS. ``states`` is packed a part of the sum at a time.
-    Measured on one core, float32 (2048 x 4096)^T (2048 x 1024): 196 GFLOP/s (OpenBLAS
-    113); (6400 x 512)^T (6400 x 128): 126 (101)."""
+    with every sum over r in order (``kernels.cells.add_packed_product``). ``states`` is
+    packed a part of the sum at a time. Measured on one core, float32 (2048 x 4096)^T
+    (2048 x 1024): 196 GFLOP/s (OpenBLAS 113); (6400 x 512)^T (6400 x 128): 126 (101).
+    An ``out`` narrower than a panel (a few inputs) is summed transposed, out^T +=
+    states^T d, reading the rows of d (contiguous) in place: float32 (6400 x 512)^T
+    (6400 x 2), 13 MB from memory, took 0.45 ms on one core (OpenBLAS 1.22); float64
+    1.59 (2.37)."""
     if not fits_panels(out):
-        if d.shape[0] > 0:
-            term = np.empty(out.shape, out.dtype)
-            np.dot(d.T, states, term)
-            for j in range(out.shape[0]):
-                add_into(term[j], out[j])
+        term = np.zeros((out.shape[1], out.shape[0]), out.dtype)
+        add_packed_product(states.T, d, term)
+        _add_transposed(term, out)
         return
     width = panel_width(out)
     part = TRANSPOSED_PART_ROWS
@@ -128,6 +129,13 @@ def add_transposed_product(d, states, out):
             add_packed_product(panels, packed, out[j0:j1])
 
 
+@jit
+def _add_transposed(term, out):
+    """out += term^T."""
+    for j in range(out.shape[0]):
+        add_into(term[:, j], out[j])
+
+
 @jit(parallel=True)
 def weight_gradients(cell, reverse, x, p, hs, h0, grad_weight_ih, grad_bias_ih, grad_weight_hh,
                      grad_bias_hh):
@@ -137,22 +145,32 @@ def weight_gradients(cell, reverse, x, p, hs, h0, grad_weight_ih, grad_bias_ih, 
     grad_weight_ih = sum d_in x^T, grad_bias_ih = sum d_in, grad_weight_hh = sum d_hid
     h_prev^T, grad_bias_hh = sum d_hid, where d_in = dL/d(W_ih x + b_ih) (``p[..., :G*H]``),
     d_hid = dL/d(W_hh h + b_hh) (the same but for GRU) and h_prev the state before the
-    row's step (h0 at the first processed step). The input and the hidden side are
-    separate work items, so that even one network in one group keeps two threads busy.
-    The outputs must hold zeros.
+    row's step (h0 at the first processed step). Where d_hid = d_in (all but GRU) the
+    two bias sums are the same: only grad_bias_ih is summed. The outputs must hold zeros.
+
+    The input and the hidden side are separate work items, so that even one network in
+    one group keeps two threads busy; but when d_in = d_hid and the input is narrower
+    than a register panel, one item does all three sums a part of the rows at a time
+    (``_all_sides``), reading p from memory once instead of twice.
     """
     n_members, n_rows, _ = p.shape
     n_groups = grad_weight_ih.shape[1]
     per_group = (n_rows + n_groups - 1) // n_groups
-    for item in prange(n_members * n_groups * 2):
-        e = item // (2 * n_groups)
-        group = (item // 2) % n_groups
+    fused = cell != GRU and not fits_panels(grad_weight_ih[0, 0])
+    sides = 1 if fused else 2
+    for item in prange(n_members * n_groups * sides):
+        e = item // (sides * n_groups)
+        group = (item // sides) % n_groups
         r0, r1 = group * per_group, min((group + 1) * per_group, n_rows)
+        xe = x[0 if x.shape[0] == 1 else e]
         if r0 >= r1:
             continue
-        if item % 2 == 0:
-            _input_side(cell, p, x[0 if x.shape[0] == 1 else e], e, r0, r1,
-                        grad_weight_ih[e, group], grad_bias_ih[e, group])
+        if fused:
+            _all_sides(reverse, p, xe, hs, h0, e, r0, r1, grad_weight_ih[e, group],
+                       grad_bias_ih[e, group], grad_weight_hh[e, group])
+        elif item % 2 == 0:
+            _input_side(cell, p, xe, e, r0, r1, grad_weight_ih[e, group],
+                        grad_bias_ih[e, group])
         else:
             _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, grad_weight_hh[e, group],
                          grad_bias_hh[e, group])
@@ -177,21 +195,50 @@ def _input_side(cell, p, xe, e, r0, r1, gw, gb):
 
 
 @jit(inline=True)
+def _all_sides(reverse, p, xe, hs, h0, e, r0, r1, gw_ih, gb, gw_hh):
+    """``_input_side`` and ``_hidden_side`` of a cell with d_in = d_hid (the full rows of
+    p) and an input narrower than a panel, in one pass over p: each part of the rows
+    feeds the three sums while it is in cache (the input's sum is kept transposed, the
+    bits of ``add_transposed_product``)."""
+    gw_ih_t = np.zeros((gw_ih.shape[1], gw_ih.shape[0]), p.dtype)
+    for c0 in range(r0, r1, TRANSPOSED_PART_ROWS):
+        c1 = min(c0 + TRANSPOSED_PART_ROWS, r1)
+        d = p[e, c0:c1]
+        _add_hidden_product(reverse, p, hs, h0, e, c0, c1, gw_hh)
+        add_packed_product(xe[c0:c1].T, d, gw_ih_t)
+        _add_column_sums(d, gb)
+    _add_transposed(gw_ih_t, gw_ih)
+
+
+@jit(inline=True)
+def _previous_states(reverse, p, h0, r0, r1):
+    """Where the states before rows r0:r1's steps are: row r's in hs at r + shift, except
+    for the rows s0:s1 of the first processed step, whose is h0[r - first_step]."""
+    batch, n_rows = h0.shape[1], p.shape[1]
+    shift = batch if reverse else -batch
+    first_step = n_rows - batch if reverse else 0
+    return shift, first_step, max(r0, first_step), min(r1, first_step + batch)
+
+
+@jit(inline=True)
+def _add_hidden_product(reverse, p, hs, h0, e, r0, r1, gw):
+    """gw += sum over rows r0:r1 of p's rows h_prev^T (member e)."""
+    shift, first_step, s0, s1 = _previous_states(reverse, p, h0, r0, r1)
+    # the rows after the first step lie on one side of it (the first or the last rows)
+    m0, m1 = (r0, r1) if s1 <= s0 else (r0, s0) if s0 > r0 else (s1, r1)
+    if m1 > m0:
+        add_transposed_product(p[e, m0:m1], hs[e, m0 + shift:m1 + shift], gw)
+    if s1 > s0:
+        add_transposed_product(p[e, s0:s1], h0[e, s0 - first_step:s1 - first_step], gw)
+
+
+@jit(inline=True)
 def _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, gw, gb):
     """gw = sum over rows r0:r1 of d_hid h_prev^T, gb = sum of d_hid (member e)."""
-    batch, n_rows = h0.shape[1], p.shape[1]
-    shift = batch if reverse else -batch  # where a row's previous state is in hs...
-    first_step = n_rows - batch if reverse else 0  # ...except at the first step: h0
-    s0, s1 = max(r0, first_step), min(r1, first_step + batch)
     if cell != GRU:  # d_hid is the full row of p
-        # the rows after the first step lie on one side of it (groups span >= a step)
-        m0, m1 = (r0, r1) if s1 <= s0 else (r0, s0) if s0 > r0 else (s1, r1)
-        if m1 > m0:
-            add_transposed_product(p[e, m0:m1], hs[e, m0 + shift:m1 + shift], gw)
-        if s1 > s0:
-            add_transposed_product(p[e, s0:s1], h0[e, s0 - first_step:s1 - first_step], gw)
-        _add_column_sums(p[e, r0:r1], gb)
-        return
+        _add_hidden_product(reverse, p, hs, h0, e, r0, r1, gw)
+        return  # gb: the input side's sum (``parameter_and_input_gradients`` copies it)
+    shift, first_step, s0, s1 = _previous_states(reverse, p, h0, r0, r1)
     n_out, n_units = gw.shape  # GRU: r, z and n's hidden part, gathered chunk by chunk
     d_hid = np.empty((CHUNK_ROWS, n_out), p.dtype)
     h_prev = np.empty((CHUNK_ROWS, n_units), p.dtype)
@@ -288,8 +335,8 @@ def parameter_and_input_gradients(cell, reverse, x, p, hs, h0, weight_ih, grad_x
     """Fill parameter gradients from the pre-activation gradients left in ``p``.
 
     ``grad_x_accumulate`` (shape of ``x``) receives dL/dx added to what it holds; with
-    ``grad_x_fresh`` it holds zeros and is written directly. The parameter gradients
-    are overwritten.
+    ``grad_x_fresh`` it holds zeros and is written directly; None skips dL/dx (a pass
+    over ``p``). The parameter gradients are overwritten.
     """
     p_rows, h_rows = _rows(p), _rows(hs)
     n_members, n_rows, _ = p_rows.shape
@@ -305,6 +352,10 @@ def parameter_and_input_gradients(cell, reverse, x, p, hs, h0, weight_ih, grad_x
         weight_gradients(cell, reverse, _rows(x), p_rows, h_rows, h0, *partials)
         for out, partial in zip(outputs, partials):
             np.sum(partial, axis=1, out=out)  # in group order
+    if cell != GRU:  # one sum of dL/da for both biases
+        grad_bias_hh[...] = grad_bias_ih
+    if grad_x_accumulate is None:
+        return
     grad_x_rows = _rows(grad_x_accumulate)
     packed = np.empty((0, 0, 0, 1), weight_ih.dtype)  # a stand-in where BLAS multiplies
     if fits_panels(grad_x_rows[0]):

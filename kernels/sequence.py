@@ -195,6 +195,14 @@ def _step_forward_batch(cell, p, ph, packed_hh_t, b_hh, h_prev, c_prev, h, c):
 
 
 @jit(inline=True)
+def _project_step(x, packed_ih_t, b_ih, out):
+    """out = b_ih + x W_ih^T for a block of batch rows (the bits of ``kernels.projections``)."""
+    for b in range(out.shape[0]):
+        copy_into(b_ih, out[b])
+    add_packed_product(x, packed_ih_t, out)
+
+
+@jit(inline=True)
 def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_prev):
     """``cell_backward`` for a block of batch rows of one step."""
     for b in range(p.shape[0]):
@@ -205,7 +213,8 @@ def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_
 
 
 @jit(parallel=True)
-def sequence_forward_gemm(cell, reverse, p, packed_hh_t, b_hh, h0, c0, hs, cs):
+def sequence_forward_gemm(cell, reverse, x, packed_ih_t, b_ih, p, packed_hh_t, b_hh, h0, c0,
+                          hs, cs):
     """``sequence_forward`` for large weights: each work item is a block of up to
     ``GEMM_ROWS`` sequences of one member, and each step's recurrent product for the
     block is one product (B_block, H) x (H, G*H) that reads the weights once per four
@@ -213,18 +222,25 @@ def sequence_forward_gemm(cell, reverse, p, packed_hh_t, b_hh, h0, c0, hs, cs):
     same bits as ``sequence_forward`` given the same input projections). Items walk
     through time independently (no per-step synchronisation).
     ``packed_hh_t`` (E, panels, H, width) is W_hh^T packed
-    (``kernels.cells.pack_member_panels``); on entry ``p[..., :G*H]`` holds
-    W_ih x_t + b_ih (``kernels.projections``).
+    (``kernels.cells.pack_member_panels``). Either ``p[..., :G*H]`` holds W_ih x_t + b_ih
+    on entry (``kernels.projections``; then ``packed_ih_t`` has no panels), or each
+    step computes it from ``x`` (1 or E, T, B, D) and ``packed_ih_t`` (E, panels, D,
+    width), W_ih^T packed: for few inputs, where a pass that writes p and reads it
+    back costs more than the products.
     """
     n_members, n_steps, batch, _ = p.shape
     n_rows = b_hh.shape[1]
+    in_step = packed_ih_t.shape[1] > 0
     for item in prange(n_members * ((batch + GEMM_ROWS - 1) // GEMM_ROWS)):
         e, b0, b1 = batch_block(item, batch)
         ph = np.empty((b1 - b0, n_rows), p.dtype)
         h_prev = h0[e, b0:b1]
         c_prev = c0[e, b0:b1]
+        inputs = x[0 if x.shape[0] == 1 else e]
         for s in range(n_steps):
             t = time_index(s, n_steps, reverse)
+            if in_step:
+                _project_step(inputs[t, b0:b1], packed_ih_t[e], b_ih[e], p[e, t, b0:b1, :n_rows])
             _step_forward_batch(cell, p[e, t, b0:b1], ph, packed_hh_t[e], b_hh[e], h_prev, c_prev,
                                 hs[e, t, b0:b1], cs[e, t, b0:b1])
             h_prev = hs[e, t, b0:b1]

@@ -519,6 +519,10 @@ def grad_c_n_for_gru():
     dynamics.bptt(dynamics.GRU.init(3, 4), np.zeros((5, 2, 3)), np.zeros((5, 2, 4)),
                   grad_c_n=np.zeros((1, 2, 4)))
 
+for name, value in [("string", "no"), ("int", 0), ("none", None)]:
+    CASES["input_gradient_" + name] = (lambda v: lambda: dynamics.bptt(
+        rnn(D=3), np.zeros((5, 2, 3)), np.zeros((5, 2, 4)), input_gradient=v))(value)
+
 # ---------------------------------------------------------------- truncation
 def truncation_case(value):
     dynamics.bptt(rnn(D=3), np.zeros((5, 2, 3)), np.zeros((5, 2, 4)), truncation=value)
@@ -946,6 +950,11 @@ def test_grad_output_wrong_shape(outcomes):
                                   "float_fraction", "string", "nan", "numpy_bool"])
 def test_bad_truncation(outcomes, name):
     expect_error(outcomes, "truncation_" + name, "ValueError", "truncation")
+
+
+@pytest.mark.parametrize("name", ["string", "int", "none"])
+def test_input_gradient_must_be_a_bool(outcomes, name):
+    expect_error(outcomes, "input_gradient_" + name, "TypeError", "input_gradient")
 
 
 def test_numpy_integer_truncation_accepted(outcomes):

@@ -96,6 +96,23 @@ def test_forward_and_bptt_agree_with_cpu(config, ensemble, own_inputs, truncatio
         assert_agree(cuda_grads[name], cpu_grads[name], config.dtype, f"gradient {name}")
 
 
+@examples(2)
+@given(config=net_configs(T=(1, 3), B=(1, 2), D=(1, 2), H=(1, 3), num_layers=(1, 2)),
+       path=st.sampled_from(PATHS))
+def test_without_the_input_gradient_the_rest_is_the_same(config, path):
+    model = config.network(2)
+    x, h0, c0 = config.inputs(ensemble=2)
+    grad_output = np.ones((config.T, 2, config.B, config.dirs * config.H), config.dtype)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_path(monkeypatch, path)
+        full, without = (dynamics.bptt(model, x, grad_output, config.h0_arg(h0, c0),
+                                       backend="cuda", input_gradient=flag)
+                         for flag in (True, False))
+    assert set(without) == set(full) - {"x"}
+    for name in without:
+        np.testing.assert_array_equal(without[name], full[name], err_msg=name)
+
+
 def test_long_sums_split_into_chunks(monkeypatch):
     """T * B rows beyond ``SPLIT_MIN_TERMS``: the parameter gradients are summed in chunks
     (``add_chunks``) and still agree (a GRU: its W_hh gradient comes in two blocks)."""

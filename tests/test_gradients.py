@@ -141,6 +141,22 @@ def test_truncation_at_least_T_is_full_bptt(cfg, extra):
 
 
 @examples(10)
+@given(cfg=net_configs(bias=(True, False)), ensemble=st.sampled_from([None, 3]),
+       own_inputs=st.booleans(), truncation=st.sampled_from([None, 1, 2]))
+def test_without_the_input_gradient_the_rest_is_the_same(cfg, ensemble, own_inputs, truncation):
+    """``input_gradient=False`` drops "x" and changes no other bit."""
+    own_inputs = own_inputs and ensemble is not None
+    net = cfg.network(ensemble)
+    x, h0, c0 = cfg.inputs(ensemble=ensemble, own_inputs=own_inputs)
+    grad_output = np.ones_like(dynamics.forward(net, x, cfg.h0_arg(h0, c0)).output)
+    full, without = (dynamics.bptt(net, x, grad_output, cfg.h0_arg(h0, c0), truncation,
+                                   input_gradient=flag) for flag in (True, False))
+    assert set(without) == set(full) - {"x"}
+    for name in without:
+        np.testing.assert_array_equal(without[name], full[name], err_msg=name)
+
+
+@examples(10)
 @given(cfg=net_configs(T=(0, 0), num_layers=(1, 2)), with_h_n=st.booleans())
 def test_empty_sequence_gradients(cfg, with_h_n):
     """T = 0: h_n = h0, so dL/dh0 = grad_h_n (dL/dc0 = grad_c_n), everything else zero."""

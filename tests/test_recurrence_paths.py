@@ -56,3 +56,31 @@ def test_default_choice_follows_weight_size():
     assert dynamics.layer.recurrence_kernels(small, 32)[0].__name__ == "sequence_forward"
     assert dynamics.layer.recurrence_kernels(large, 32)[0].__name__ == "sequence_forward_gemm"
     assert dynamics.layer.recurrence_kernels(large, 1)[0].__name__ == "sequence_forward"
+
+
+@settings(max_examples=12, deadline=None)
+@given(kind=st.sampled_from(KINDS), steps=st.integers(1, 6), batch=st.integers(1, 20),
+       inputs=st.integers(1, 40), hidden=st.integers(1, 20), bidirectional=st.booleans(),
+       ensemble=st.sampled_from([None, 2]), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**31))
+def test_input_projections_in_the_step_are_the_same_bits(kind, steps, batch, inputs, hidden,
+                                                         bidirectional, ensemble, dtype, seed):
+    """The batched recurrence's input projections, computed in each step or all at once
+    beforehand (``dynamics.layer.PROJECT_IN_STEP_INPUTS``)."""
+    net = dynamics.Network.init(kind, inputs, hidden, num_layers=2, bidirectional=bidirectional,
+                                ensemble=ensemble, seed=seed, dtype=dtype)
+    x = np.random.default_rng(seed).normal(size=(steps, batch, inputs)).astype(dtype)
+    results = []
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(dynamics.layer, "GEMM_MIN_WEIGHT_BYTES", 0)
+        m.setattr(dynamics.layer, "GEMM_MIN_BATCH", 1)
+        for limit in (0, 1 << 30):
+            m.setattr(dynamics.layer, "PROJECT_IN_STEP_INPUTS", limit)
+            result = dynamics.forward(net, x)
+            grads = dynamics.bptt(net, x, np.cos(result.output))
+            results.append((result.output, result.h_n, grads))
+    (out_a, h_a, g_a), (out_b, h_b, g_b) = results
+    np.testing.assert_array_equal(out_a, out_b)
+    np.testing.assert_array_equal(h_a, h_b)
+    for name in g_a:
+        np.testing.assert_array_equal(g_a[name], g_b[name], err_msg=name)
