@@ -25,6 +25,7 @@ from kernels.sequence import (sequence_backward, sequence_backward_gemm, sequenc
 #: H = 64). (With the register-blocked product of ``kernels.cells`` the batched path is
 #: about as fast below 64 KiB too, but the walk of a vanilla RNN saves nothing per step.)
 GEMM_MIN_WEIGHT_BYTES = 64 << 10
+GEMM_MIN_BATCH = 8
 #: The batched recurrence computes each step's input projection in the step when the
 #: input has at most this many features (``kernels.sequence.sequence_forward_gemm``),
 #: else all of them in one product beforehand (same bits). Forward of float32 LSTMs,
@@ -32,7 +33,6 @@ GEMM_MIN_WEIGHT_BYTES = 64 << 10
 #: 27.3 ms, D = 32 32.4 / 31.6, D = 128 43.0 / 44.7 (and H = D = 64, one network: 2.41 /
 #: 2.69): the weights of many inputs read every step cost more than a pass over p.
 PROJECT_IN_STEP_INPUTS = 32
-GEMM_MIN_BATCH = 8
 
 
 def recurrence_kernels(weight_hh, batch):

@@ -162,9 +162,9 @@ def weight_gradients(cell, reverse, x, p, hs, h0, grad_weight_ih, grad_bias_ih, 
         e = item // (sides * n_groups)
         group = (item // sides) % n_groups
         r0, r1 = group * per_group, min((group + 1) * per_group, n_rows)
-        xe = x[0 if x.shape[0] == 1 else e]
         if r0 >= r1:
             continue
+        xe = x[0 if x.shape[0] == 1 else e]
         if fused:
             _all_sides(reverse, p, xe, hs, h0, e, r0, r1, grad_weight_ih[e, group],
                        grad_bias_ih[e, group], grad_weight_hh[e, group])

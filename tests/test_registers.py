@@ -151,7 +151,7 @@ def test_transposed_product_panels_sum_in_order(dtype, n_terms, row_blocks, extr
     """out += d^T states: with at least one panel of columns, panels (and row by row for
     the rows and columns left over) give the in-order sum bit for bit, whether d^T is
     read in place or, with the rows of d a page apart, copied into row panels; narrower
-    products go to BLAS. Both are right to rounding."""
+    products sum in order into a term that is then added. Both are right to rounding."""
     rng = np.random.default_rng(seed)
     n_out = 4 * row_blocks + extra_rows
     columns_per_panel = PANEL_VECTORS * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
@@ -165,6 +165,10 @@ def test_transposed_product_panels_sum_in_order(dtype, n_terms, row_blocks, extr
     transposed_product_in_order(d, states, in_order)
     if column_blocks > 0:  # the panels' path
         np.testing.assert_array_equal(got, in_order)
+    else:  # the transposed path
+        term = np.zeros_like(start)
+        transposed_product_in_order(d, states, term)
+        np.testing.assert_array_equal(got, start + term)
     exact = start.astype(np.float64) + d.T.astype(np.float64) @ states.astype(np.float64)
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, exact, rtol=tolerance, atol=tolerance * (n_terms + 1))
