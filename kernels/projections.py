@@ -194,7 +194,7 @@ def _input_side(cell, p, xe, e, r0, r1, gw, gb):
         _add_column_sums(d_in[:c1 - c0], gb)
 
 
-@jit(inline=True)
+@jit
 def _all_sides(reverse, p, xe, hs, h0, e, r0, r1, gw_ih, gb, gw_hh):
     """``_input_side`` and ``_hidden_side`` of a cell with d_in = d_hid (the full rows of
     p) and an input narrower than a panel, in one pass over p: each part of the rows
@@ -210,7 +210,7 @@ def _all_sides(reverse, p, xe, hs, h0, e, r0, r1, gw_ih, gb, gw_hh):
     _add_transposed(gw_ih_t, gw_ih)
 
 
-@jit(inline=True)
+@jit
 def _previous_states(reverse, p, h0, r0, r1):
     """Where the states before rows r0:r1's steps are: row r's in hs at r + shift, except
     for the rows s0:s1 of the first processed step, whose is h0[r - first_step]."""
@@ -220,7 +220,7 @@ def _previous_states(reverse, p, h0, r0, r1):
     return shift, first_step, max(r0, first_step), min(r1, first_step + batch)
 
 
-@jit(inline=True)
+@jit
 def _add_hidden_product(reverse, p, hs, h0, e, r0, r1, gw):
     """gw += sum over rows r0:r1 of p's rows h_prev^T (member e)."""
     shift, first_step, s0, s1 = _previous_states(reverse, p, h0, r0, r1)

@@ -194,7 +194,7 @@ def _step_forward_batch(cell, p, ph, packed_hh_t, b_hh, h_prev, c_prev, h, c):
         cell_forward(cell, p[b], ph[b], h_prev[b], c_prev[b], h[b], c[b])
 
 
-@jit(inline=True)
+@jit
 def _project_step(x, packed_ih_t, b_ih, out):
     """out = b_ih + x W_ih^T for a block of batch rows (the bits of ``kernels.projections``)."""
     for b in range(out.shape[0]):
