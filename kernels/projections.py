@@ -234,10 +234,11 @@ def _add_hidden_product(reverse, p, hs, h0, e, r0, r1, gw):
 
 @jit(inline=True)
 def _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, gw, gb):
-    """gw = sum over rows r0:r1 of d_hid h_prev^T, gb = sum of d_hid (member e)."""
+    """gw = sum over rows r0:r1 of d_hid h_prev^T (member e), and for GRU gb = sum of
+    d_hid (for the other cells d_hid = d_in, whose sum the input side makes)."""
     if cell != GRU:  # d_hid is the full row of p
         _add_hidden_product(reverse, p, hs, h0, e, r0, r1, gw)
-        return  # gb: the input side's sum (``parameter_and_input_gradients`` copies it)
+        return  # (``parameter_and_input_gradients`` copies the input side's sum)
     shift, first_step, s0, s1 = _previous_states(reverse, p, h0, r0, r1)
     n_out, n_units = gw.shape  # GRU: r, z and n's hidden part, gathered chunk by chunk
     d_hid = np.empty((CHUNK_ROWS, n_out), p.dtype)
