@@ -182,53 +182,6 @@ def terms_per_part(width, itemsize):
     return max(1, PRODUCT_PART_BYTES // (width * itemsize))
 
 
-@jit
-def pack_row_panels(a_t, first, n, panels):
-    """Copy rows ``first`` to ``first + n - 1`` of a = ``a_t``.T into ``panels``
-    (ceil(n / 4), >= k, 4), four rows of a side by side: ``panels[i // 4, j, i % 4] =
-    a_t[j, first + i]`` for the k rows j of ``a_t`` (rows past n are not set).
-
-    The coefficients of one ``accumulate_panel`` call then lie together in memory, as
-    when a is d^T with the rows of d far apart (parameter gradients: float32
-    (2048 x 1024)^T (2048 x 256) on one core, 151 GFLOP/s instead of 116). ``a_t`` is
-    read row by row, in order. Give the panels a stride that is not a multiple of 4 KiB
-    (``kernels.projections.PANEL_SKEW_TERMS``): else the four-element groups written
-    for one row of ``a_t`` all fall on one set of the L1 cache and evict each other
-    (float32, from L1: 0.54 ns per element instead of 0.09).
-    """
-    full = n // PANEL_ROWS
-    for j in range(a_t.shape[0]):
-        row = a_t[j, first:first + n]
-        for q in range(full):
-            for r in range(PANEL_ROWS):
-                panels[q, j, r] = row[q * PANEL_ROWS + r]
-        for i in range(full * PANEL_ROWS, n):
-            panels[full, j, i - full * PANEL_ROWS] = row[i]
-
-
-def coefficient_panel(a, i, k0, k1):
-    """Coefficients a[i:i+4, k0:k1] of ``add_packed_product``, from ``a`` as it is (n, k)
-    or as row panels (``pack_row_panels``)."""
-
-
-def coefficient_row(a, i, k0, k1):
-    """Coefficients a[i, k0:k1] of ``add_packed_product`` (see ``coefficient_panel``)."""
-
-
-@overload(coefficient_panel)
-def _coefficient_panel(a, i, k0, k1):
-    if a.ndim == 2:
-        return lambda a, i, k0, k1: a[i:i + PANEL_ROWS, k0:k1]
-    return lambda a, i, k0, k1: a[i // PANEL_ROWS, k0:k1].T
-
-
-@overload(coefficient_row)
-def _coefficient_row(a, i, k0, k1):
-    if a.ndim == 2:
-        return lambda a, i, k0, k1: a[i, k0:k1]
-    return lambda a, i, k0, k1: a[i // PANEL_ROWS, k0:k1, i % PANEL_ROWS]
-
-
 def column_panel(b, panel, first, k0, k1, n):
     """Rows k0:k1 of the n columns of panel number ``panel`` (from column ``first``) of
     ``add_packed_product``'s ``b``, packed (``pack_panels``) or as it is (k, m)."""
@@ -246,7 +199,7 @@ def add_packed_product(a, b, out):
     """out += a @ b with every out[i, j] summed over k in order: the bits of
     ``accumulate_rows(b, a[i], out[i])``. ``b`` is packed (``pack_panels(b,
     panel_width(out))``), or as it is when its rows are contiguous and close together;
-    ``a`` is (n, k), or its row panels (``pack_row_panels``) when its rows are far apart.
+    ``a`` is (n, k), of any strides.
 
     Four rows of ``out`` at a time share each loaded row of a panel
     (``kernels.registers.accumulate_panel``), and the last panel when it is partial a
@@ -278,7 +231,7 @@ def add_packed_product_any_layout(a, b, out):
             vectors = n - n % lanes  # whole vectors of columns (all of a whole panel)
             panel_rows = in_panels if vectors else 0  # their rows go four at a time
             for i in range(0, panel_rows, PANEL_ROWS):
-                coefficients = coefficient_panel(a, i, k0, k1)
+                coefficients = a[i:i + PANEL_ROWS, k0:k1]
                 block = columns[i:i + PANEL_ROWS]
                 if vectors == width:
                     accumulate_panel(rows, coefficients, block, 0)
@@ -288,8 +241,7 @@ def add_packed_product_any_layout(a, b, out):
             for i in range(n_rows):  # what is left: the rows past the panels, and the
                 done = vectors if i < panel_rows else 0  # columns that do not fill a vector
                 if done < n:
-                    accumulate_rows(rows[:, done:], coefficient_row(a, i, k0, k1),
-                                    columns[i, done:])
+                    accumulate_rows(rows[:, done:], a[i, k0:k1], columns[i, done:])
 
 
 #: Rows of a matrix at least this far apart (a page) are packed before a product reads

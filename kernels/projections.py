@@ -20,9 +20,8 @@ from numba import prange
 
 from kernels._jit import jit
 from kernels.cells import (GRU, PAGE_BYTES, add_packed_product, fits_panels, pack_member_panels,
-                           pack_panels, pack_row_panels, panel_width)
+                           pack_panels, panel_width)
 from kernels.memory import add_into, copy_into, fill
-from kernels.registers import PANEL_ROWS
 
 #: Rows per product; fixed, so that every sum's grouping depends on shapes alone.
 CHUNK_ROWS = 512
@@ -80,31 +79,20 @@ def _add_column_sums(rows, out):
 
 
 #: ``add_transposed_product`` reads d^T in place when the rows of d are closer than a
-#: page (``kernels.cells.PAGE_BYTES``); from a page apart, d^T's rows for blocks of
-#: ``TRANSPOSE_BLOCK`` rows of ``out`` are first copied into row panels
-#: (``kernels.cells.pack_row_panels``) that stay in L1 cache. Measured on one core,
-#: float32 (2048 x 1024)^T (2048 x 256): 153 GFLOP/s copied, 117 in place; with rows
-#: 1 KiB apart, (2048 x 256)^T (2048 x 64): 103 copied, 159 in place.
-TRANSPOSE_BLOCK = 64
-#: Padding of those row panels, in terms: the panels of a block then lie one cache line
-#: (float32; two for float64) more than a multiple of 4 KiB apart, on different sets of
-#: the L1 cache (``kernels.cells.pack_row_panels``).
-PANEL_SKEW_TERMS = 4
+#: page (``kernels.cells.PAGE_BYTES``); from a page apart, the columns of d for blocks
+#: of ``TRANSPOSE_BLOCK`` rows of ``out`` are first copied into a compact block, whose
+#: rows (a part of the sum) are then close together. Measured on one core, float32, in
+#: place and copied (GFLOP/s): (2048 x 1024)^T (2048 x 256), rows 4 KiB apart, 171 and
+#: 201; (2048 x 4096)^T (2048 x 1024), 16 KiB apart, 134 and 203; (6400 x 512)^T
+#: (6400 x 128), 2 KiB apart, 204 and 185; (2048 x 256)^T (2048 x 64), 1 KiB apart,
+#: 192 and 180.
+TRANSPOSE_BLOCK = 128
 #: Terms of the sum that ``add_transposed_product`` packs at a time: its scratch is
-#: this many rows of ``states`` (and of d^T's row panels), whatever the number of rows.
-#: Fewer where d^T is read in place: measured on one core, float32 (6400 x 512)^T
-#: (6400 x 128), 197 GFLOP/s in parts of 256 rows, 211 in parts of 128 (the gradients
-#: of 8 LSTMs of 128 units: 21.8 ms instead of 19.9); copied, (2048 x 1024)^T
-#: (2048 x 256) is 4 % faster in parts of 256.
-TRANSPOSED_PART_ROWS = 256
-IN_PLACE_PART_ROWS = 128
-
-
-@jit
-def transposed_part_rows(d):
-    """(Terms per part of ``add_transposed_product``'s sum, whether it copies d^T.)"""
-    copy = d.strides[0] >= PAGE_BYTES
-    return TRANSPOSED_PART_ROWS if copy else IN_PLACE_PART_ROWS, copy
+#: this many rows of ``states`` (and of the copied block of d), whatever the number of
+#: rows. Measured on one core, in parts of 256 rows and of 128 (GFLOP/s): float32
+#: (6400 x 512)^T (6400 x 128) in place, 197 and 211; (2048 x 1024)^T (2048 x 256)
+#: copied, 189 and 196; float64, 88 and 95.
+TRANSPOSED_PART_ROWS = 128
 
 
 @jit
@@ -112,7 +100,7 @@ def add_transposed_product(d, states, out):
     """out += d^T states, i.e. out[j] += sum_r d[r, j] * states[r]: in register panels
     with every sum over r in order (``kernels.cells.add_packed_product``). ``states`` is
     packed a part of the sum at a time. Measured on one core, float32 (2048 x 4096)^T
-    (2048 x 1024): 196 GFLOP/s (OpenBLAS 113); (6400 x 512)^T (6400 x 128): 126 (101).
+    (2048 x 1024): 202 GFLOP/s (OpenBLAS 114); (6400 x 512)^T (6400 x 128): 202 (103).
     An ``out`` narrower than a panel (a few inputs) is summed transposed, out^T +=
     states^T d, reading the rows of d (contiguous) in place: float32 (6400 x 512)^T
     (6400 x 2), 13 MB from memory, took 0.45 ms on one core (OpenBLAS 1.22); float64
@@ -123,10 +111,9 @@ def add_transposed_product(d, states, out):
         _add_transposed(term, out)
         return
     width = panel_width(out)
-    part, copy = transposed_part_rows(d)
-    block = np.empty((TRANSPOSE_BLOCK // PANEL_ROWS,
-                      min(part, d.shape[0]) + PANEL_SKEW_TERMS if copy else 0, PANEL_ROWS),
-                     d.dtype)
+    part = TRANSPOSED_PART_ROWS
+    copy = d.strides[0] >= PAGE_BYTES
+    block = np.empty((min(part, d.shape[0]) if copy else 0, TRANSPOSE_BLOCK), d.dtype)
     for k0 in range(0, d.shape[0], part):
         k1 = min(k0 + part, d.shape[0])
         packed = pack_panels(states[k0:k1], width)
@@ -135,9 +122,10 @@ def add_transposed_product(d, states, out):
             continue
         for j0 in range(0, out.shape[0], TRANSPOSE_BLOCK):
             j1 = min(j0 + TRANSPOSE_BLOCK, out.shape[0])
-            panels = block[:(j1 - j0 + PANEL_ROWS - 1) // PANEL_ROWS, :k1 - k0]
-            pack_row_panels(d[k0:k1], j0, j1 - j0, panels)
-            add_packed_product(panels, packed, out[j0:j1])
+            columns = block[:k1 - k0, :j1 - j0]
+            for k in range(k1 - k0):
+                copy_into(d[k0 + k, j0:j1], columns[k])
+            add_packed_product(columns.T, packed, out[j0:j1])
 
 
 @jit
@@ -212,9 +200,8 @@ def _all_sides(reverse, p, xe, hs, h0, e, r0, r1, gw_ih, gb, gw_hh):
     feeds the three sums while it is in cache (the input's sum is kept transposed, the
     bits of ``add_transposed_product``)."""
     gw_ih_t = np.zeros((gw_ih.shape[1], gw_ih.shape[0]), p.dtype)
-    part, _ = transposed_part_rows(p[e])
-    for c0 in range(r0, r1, part):
-        c1 = min(c0 + part, r1)
+    for c0 in range(r0, r1, TRANSPOSED_PART_ROWS):
+        c1 = min(c0 + TRANSPOSED_PART_ROWS, r1)
         d = p[e, c0:c1]
         _add_hidden_product(reverse, p, hs, h0, e, c0, c1, gw_hh)
         add_packed_product(xe[c0:c1].T, d, gw_ih_t)

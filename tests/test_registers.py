@@ -16,9 +16,10 @@ from hypothesis import given, settings, strategies as st
 
 from kernels.cells import (PAGE_BYTES, accumulate_rows,
                            accumulate_rows_in_memory, add_packed_product, add_product,
-                           pack_member_panels, pack_panels, pack_row_panels, panel_width,
+                           pack_member_panels, pack_panels, panel_width,
                            terms_per_part)
-from kernels.projections import add_transposed_product
+from kernels.projections import (TRANSPOSE_BLOCK, TRANSPOSED_PART_ROWS,
+                                 add_transposed_product)
 from kernels.registers import PANEL_VECTORS, VECTOR_BITS, WIDE_BLOCK
 
 
@@ -68,16 +69,12 @@ def transposed_product(d, states, out):
 
 
 @numba.njit
-def packed_products(a, b, out_plain, out_panels, out_members, out_product):
-    """out += a @ b four ways: ``b`` packed and ``a`` as it is, ``a`` in row panels, ``b``
-    packed by ``pack_member_panels`` (as the batched recurrence does), and
-    ``add_product`` (``b`` in place when its rows are contiguous and close)."""
+def packed_products(a, b, out_plain, out_members, out_product):
+    """out += a @ b three ways: ``b`` packed, ``b`` packed by ``pack_member_panels`` (as
+    the batched recurrence does), and ``add_product`` (``b`` in place when its rows are
+    contiguous and close)."""
     width = panel_width(out_plain)
-    packed = pack_panels(b, width)
-    add_packed_product(a, packed, out_plain)
-    panels = np.empty(((a.shape[0] + 3) // 4, a.shape[1], 4), a.dtype)
-    pack_row_panels(np.ascontiguousarray(a.T), 0, a.shape[0], panels)
-    add_packed_product(panels, packed, out_panels)
+    add_packed_product(a, pack_panels(b, width), out_plain)
     add_packed_product(a, pack_member_panels(b[None], width)[0], out_members)
     add_product(a, b, out_product)
 
@@ -95,8 +92,8 @@ def product_in_order(a, b, out):
        strided_b=st.booleans(), seed=st.integers(0, 2**31))
 def test_packed_products_sum_in_order(dtype, n_rows, n_terms, column_blocks, extra_columns,
                                       a_transposed, strided_b, seed):
-    """``add_packed_product`` gives the in-order sum bit for bit, for ``a`` as it is or in
-    row panels, ``b`` of any strides packed, whole and partial panels, rows left over."""
+    """``add_packed_product`` gives the in-order sum bit for bit, for ``a`` and ``b`` of
+    any strides, ``b`` packed, whole and partial panels, rows left over."""
     rng = np.random.default_rng(seed)
     width = PANEL_VECTORS * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
     n_columns = max(1, width * column_blocks + extra_columns)
@@ -105,10 +102,10 @@ def test_packed_products_sum_in_order(dtype, n_rows, n_terms, column_blocks, ext
     b = rng.normal(size=(n_columns, n_terms) if strided_b else (n_terms, n_columns)).astype(dtype)
     b = b.T if strided_b else b
     start = rng.normal(size=(n_rows, n_columns)).astype(dtype)
-    plain, panels, members, product, in_order = (start.copy() for _ in range(5))
-    packed_products(a, b, plain, panels, members, product)
+    plain, members, product, in_order = (start.copy() for _ in range(4))
+    packed_products(a, b, plain, members, product)
     product_in_order(a, b, in_order)
-    for got in (plain, panels, members, product):
+    for got in (plain, members, product):
         np.testing.assert_array_equal(got, in_order)
     exact = start.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
@@ -122,10 +119,10 @@ def test_long_sums_go_in_parts_in_order():
     n_terms = 2 * int(terms_per_part(PANEL_VECTORS * VECTOR_BITS // 32, 4)) + 3
     a = rng.normal(size=(5, n_terms)).astype(np.float32)
     b = rng.normal(size=(n_terms, 70)).astype(np.float32)
-    plain, panels, members, product, in_order = (np.zeros((5, 70), np.float32) for _ in range(5))
-    packed_products(a, b, plain, panels, members, product)
+    plain, members, product, in_order = (np.zeros((5, 70), np.float32) for _ in range(4))
+    packed_products(a, b, plain, members, product)
     product_in_order(a, b, in_order)
-    for got in (plain, panels, members, product):
+    for got in (plain, members, product):
         np.testing.assert_array_equal(got, in_order)
     d = np.ascontiguousarray(np.pad(a.T, ((0, 0), (0, 1100))))[:, :5]  # rows a page apart
     got, in_order = np.zeros((5, 70), np.float32), np.zeros((5, 70), np.float32)
@@ -141,8 +138,11 @@ def transposed_product_in_order(d, states, out):
 
 
 @settings(max_examples=50, deadline=None)
-@given(dtype=st.sampled_from([np.float32, np.float64]), n_terms=st.integers(0, 40),
-       row_blocks=st.sampled_from([1, 2, 3, 17]), extra_rows=st.sampled_from([0, 0, 1, 3]),
+@given(dtype=st.sampled_from([np.float32, np.float64]),
+       n_terms=st.integers(0, 40) | st.sampled_from([TRANSPOSED_PART_ROWS + 3,
+                                                     2 * TRANSPOSED_PART_ROWS + 1]),
+       row_blocks=st.sampled_from([1, 2, 3, 17, TRANSPOSE_BLOCK // 4 + 2]),
+       extra_rows=st.sampled_from([0, 0, 1, 3]),
        column_blocks=st.integers(0, 3), extra_columns=st.sampled_from([0, 1, 5]),
        rows_a_page_apart=st.booleans(), seed=st.integers(0, 2**31))
 def test_transposed_product_panels_sum_in_order(dtype, n_terms, row_blocks, extra_rows,
@@ -150,7 +150,8 @@ def test_transposed_product_panels_sum_in_order(dtype, n_terms, row_blocks, extr
                                                 seed):
     """out += d^T states: with at least one panel of columns, panels (and row by row for
     the rows and columns left over) give the in-order sum bit for bit, whether d^T is
-    read in place or, with the rows of d a page apart, copied into row panels; narrower
+    read in place or, with the rows of d a page apart, copied a block of columns and a
+    part of the sum at a time (sizes drawn past one block and one part); narrower
     products sum in order into a term that is then added. Both are right to rounding."""
     rng = np.random.default_rng(seed)
     n_out = 4 * row_blocks + extra_rows
