@@ -26,7 +26,7 @@ from dynamics.propagation import check_states, engine
 from dynamics.validation import check_float_array, check_shape
 from kernels.cells import pack_member_panels, panel_width, saved_width
 from kernels.sequence import sequence_forward_gemm
-from kernels.tangents import tangent_chain, trajectory_jacobians
+from kernels.tangents import column_blocks, tangent_chain, trajectory_jacobians
 
 
 def trajectory(model, x, h0=None, dtype=np.float64, drive=None, backend="cpu"):
@@ -149,7 +149,7 @@ def jacobian_product(model, x, t, k, h0=None, dtype=np.float64):
     S = state_size(cell)
     q = np.broadcast_to(np.eye(S, dtype=tape.hs.dtype), (E, B, S, S)).copy()
     with single_threaded_blas():
-        tangent_chain(*tape_arguments(tape), k, t, q)
+        tangent_chain(*tape_arguments(tape), k, t, q, column_blocks(S, E * B, q.dtype))
     return xr.DataArray(
         drop_member(q, cell), dims=item_dims(cell) + ("row", "column"),
         coords=state_labels(cell, "row", "column"), name="jacobian_product",

@@ -84,23 +84,46 @@ def trajectory_jacobians(cell, p, w_hh, h0, c0, hs, cs, jac):
         state_jacobian(lin, w_hh[e], jac[e, t, b])
 
 
+def column_blocks(n_columns, n_items, dtype):
+    """Blocks of tangents (columns) per item for ``tangent_chain`` at numba's current
+    thread count: one when there are at least as many items as threads, else up to one
+    per thread, each at least a register panel wide (so every block's product runs in
+    panels, whose bits do not depend on the blocks)."""
+    threads = numba.get_num_threads()
+    n_panels = n_columns // int(panel_width(np.empty((1, 1), dtype)))
+    return max(1, min(threads // n_items, n_panels))
+
+
+@jit
+def _column_block(block, n_blocks, n_columns, width):
+    """(first, end) column of block ``block``: whole panels, the last block to the end."""
+    n_panels = n_columns // width
+    c0 = block * n_panels // n_blocks * width
+    return c0, n_columns if block == n_blocks - 1 else (block + 1) * n_panels // n_blocks * width
+
+
 @jit(parallel=True)
-def tangent_chain(cell, p, w_hh, h0, c0, hs, cs, t_from, t_to, q):
-    """q[e, b] (S, k) <- J_(t_to) ... J_(t_from + 1) q[e, b]; -1 <= t_from <= t_to < T."""
+def tangent_chain(cell, p, w_hh, h0, c0, hs, cs, t_from, t_to, q, n_blocks):
+    """q[e, b] (S, k) <- J_(t_to) ... J_(t_from + 1) q[e, b]; -1 <= t_from <= t_to < T.
+    Each item's k tangents go in ``n_blocks`` blocks of columns in parallel
+    (``column_blocks``)."""
     n_members, _, batch, n_units = hs.shape
-    for item in prange(n_members * batch):
-        e = item // batch
-        b = item % batch
+    n_columns = q.shape[3]
+    for task in prange(n_members * batch * n_blocks):
+        e = task // (batch * n_blocks)
+        b = (task // n_blocks) % batch
+        first, end = _column_block(task % n_blocks, n_blocks, n_columns, panel_width(q))
         lin = np.empty((LIN_ROWS, n_units), hs.dtype)
-        here = q[e, b].copy()
+        here = np.ascontiguousarray(q[e, b, :, first:end])
         there = np.empty_like(here)
+        a = np.empty((w_hh.shape[1], end - first), hs.dtype)
         for t in range(t_from + 1, t_to + 1):
             _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin)
-            a = np.dot(w_hh[e], here[:n_units])
+            _product_into(w_hh[e], here[:n_units], a)
             tangent_combine(lin, a, here[:n_units], here[n_units:], there[:n_units],
                             there[n_units:])
             here, there = there, here
-        copy_array(here, q[e, b])
+        q[e, b, :, first:end] = here
 
 
 @jit

@@ -100,6 +100,21 @@ def test_jvp_vjp_and_jacobian_kernels_agree(case, dtype):
     np.testing.assert_allclose(product, jac.astype(np.float64) @ block, atol=tol * scale)
 
 
+@examples(6)
+@given(st.sampled_from(KINDS), st.sampled_from([33, 70]), seeds, st.floats(0.5, 2.0))
+def test_product_of_one_sequence_in_column_blocks_matches_explicit_jacobians(kind, H, seed,
+                                                                              gain):
+    """One sequence of a network wide enough for several register panels of tangents:
+    ``jacobian_product`` splits them into blocks of columns (one per thread) and must
+    still give the product of the explicit Jacobians."""
+    cell = random_cell(kind, 2, H, seed=seed, gain=gain)
+    x = np.random.default_rng(seed).normal(size=(4, 1, 2))
+    jac = analysis.state_jacobians(cell, x).values[:, 0]
+    product = analysis.jacobian_product(cell, x, t=3, k=-1).values[0]
+    exact = jac[3] @ jac[2] @ jac[1] @ jac[0]
+    np.testing.assert_allclose(product, exact, rtol=1e-10, atol=1e-12 * np.abs(exact).max())
+
+
 @examples(15)
 @given(cell_cases, st.data())
 def test_products_and_norms_match_explicit_jacobians(case, data):

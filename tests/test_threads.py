@@ -69,6 +69,10 @@ for kind in CELLS:
     g = analysis.gradient_norm_vs_lag(cell, x[:8], spectral=False)
     results[f"{kind}-float64-gradient-norm"] = g.log_gradient_norm.values[1:]
     results[f"{kind}-float64-jacobians"] = analysis.state_jacobians(cell, x[:2]).values
+    # one sequence: its tangents go in blocks of columns, one per thread
+    single = CELLS[kind].init(3, 150, seed=2, init="gaussian", gain=1.5, **options)
+    product = analysis.jacobian_product(single, x[:6, :1], t=5, k=0)
+    results[f"{kind}-float64-jacobian-product"] = product.values
 np.savez(sys.argv[1], **results)
 print(json.dumps({"threads": numba.get_num_threads(), "count": len(results)}))
 """
