@@ -43,21 +43,30 @@ def n_chunks(n_rows):
     return (n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS
 
 
+@jit
+def project_block(x, packed_ih_t, bias_ih, out):
+    """out = bias_ih + x W_ih^T for a block of rows, given ``packed_ih_t`` = W_ih^T
+    packed (``kernels.cells.pack_panels``): register panels, sums in order. The batched
+    recurrence calls it for one step's rows, ``project_inputs`` for all steps at once:
+    the same bits."""
+    for r in range(out.shape[0]):
+        copy_into(bias_ih, out[r])
+    add_packed_product(x, packed_ih_t, out)
+
+
 @jit(parallel=True)
 def _project_rows(x, packed_ih_t, bias_ih, p):
     """p[e, r, :G*H] = x[r] W_ih[e]^T + b_ih[e] for every member e and row r, given
-    ``packed_ih_t`` (E, panels, D, width) = W_ih transposed and packed: register panels,
-    sums in order, straight into ``p``."""
+    ``packed_ih_t`` (E, panels, D, width) = W_ih transposed and packed, straight into
+    ``p`` (``project_block`` per chunk of rows)."""
     n_members, n_rows, _ = p.shape
     n_out = bias_ih.shape[1]
     chunks = n_chunks(n_rows)
     for item in prange(n_members * chunks):
         e = item // chunks
         r0, r1 = chunk_rows(item - e * chunks, n_rows)
-        out = p[e, r0:r1, :n_out]
-        for r in range(r1 - r0):
-            copy_into(bias_ih[e], out[r])
-        add_packed_product(x[0 if x.shape[0] == 1 else e, r0:r1], packed_ih_t[e], out)
+        project_block(x[0 if x.shape[0] == 1 else e, r0:r1], packed_ih_t[e], bias_ih[e],
+                      p[e, r0:r1, :n_out])
 
 
 @jit

@@ -33,6 +33,7 @@ from kernels._jit import jit
 from kernels.cells import (add_packed_product, cell_backward, cell_forward, fits_panels,
                            pack_panels, panel_width, recurrent_matvec, transposed_matvec)
 from kernels.memory import add_into, copy_array, copy_into, fill, prefetch
+from kernels.projections import project_block
 
 
 @jit
@@ -194,14 +195,6 @@ def _step_forward_batch(cell, p, ph, packed_hh_t, b_hh, h_prev, c_prev, h, c):
         cell_forward(cell, p[b], ph[b], h_prev[b], c_prev[b], h[b], c[b])
 
 
-@jit
-def _project_step(x, packed_ih_t, b_ih, out):
-    """out = b_ih + x W_ih^T for a block of batch rows (the bits of ``kernels.projections``)."""
-    for b in range(out.shape[0]):
-        copy_into(b_ih, out[b])
-    add_packed_product(x, packed_ih_t, out)
-
-
 @jit(inline=True)
 def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_prev):
     """``cell_backward`` for a block of batch rows of one step."""
@@ -240,7 +233,7 @@ def sequence_forward_gemm(cell, reverse, x, packed_ih_t, b_ih, p, packed_hh_t, b
         for s in range(n_steps):
             t = time_index(s, n_steps, reverse)
             if in_step:
-                _project_step(inputs[t, b0:b1], packed_ih_t[e], b_ih[e], p[e, t, b0:b1, :n_rows])
+                project_block(inputs[t, b0:b1], packed_ih_t[e], b_ih[e], p[e, t, b0:b1, :n_rows])
             _step_forward_batch(cell, p[e, t, b0:b1], ph, packed_hh_t[e], b_hh[e], h_prev, c_prev,
                                 hs[e, t, b0:b1], cs[e, t, b0:b1])
             h_prev = hs[e, t, b0:b1]
