@@ -39,10 +39,13 @@ WIDE_BLOCK = VECTOR_REGISTERS // 2
 HALF_BLOCK = VECTOR_REGISTERS // 4
 QUARTER_BLOCK = VECTOR_REGISTERS // 8
 
-#: Output rows and vectors of one ``accumulate_panel`` call: sixteen sums in registers
-#: (half of AVX-512's), each loaded vector of ``rows`` used four times.
+#: Output rows and vectors of one ``accumulate_panel`` call: sums in half of the
+#: registers (sixteen with AVX-512, eight with AVX2), each loaded vector of ``rows`` used
+#: four times. Sixteen sums with AVX2 leave too few registers for the loaded vectors and
+#: the coefficient; they spill: float32 (32 x 256) @ (256 x 1024) on one Zen 3 core ran at
+#: 42-53 GFLOP/s in 4 x 4 panels, 63-72 in 4 x 2 (OpenBLAS 54-74).
 PANEL_ROWS = 4
-PANEL_VECTORS = 4
+PANEL_VECTORS = VECTOR_REGISTERS // 8
 
 
 def lanes(dtype):
