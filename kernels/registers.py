@@ -43,7 +43,7 @@ QUARTER_BLOCK = VECTOR_REGISTERS // 8
 #: registers (sixteen with AVX-512, eight with AVX2), each loaded vector of ``rows`` used
 #: four times. Sixteen sums with AVX2 leave too few registers for the loaded vectors and
 #: the coefficient; they spill: float32 (32 x 256) @ (256 x 1024) on one Zen 3 core ran at
-#: 42-53 GFLOP/s in 4 x 4 panels, 63-72 in 4 x 2 (OpenBLAS 54-74).
+#: 42-53 GFLOP/s in 4 x 4 panels, 63-72 in 4 x 2 (OpenBLAS 52-64).
 PANEL_ROWS = 4
 PANEL_VECTORS = VECTOR_REGISTERS // 8
 
