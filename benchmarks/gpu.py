@@ -26,6 +26,9 @@ lyapunov  lambda_max of E = 4,096 tanh networks of N = 256, g = 1.5, float64, 1,
           (``analysis.lyapunov_spectrum(..., backend="cuda")``, end to end, including
           moving the weights to the GPU) against a torch loop (bmm for state and tangent,
           norm, log, rescale).
+profile   where one warm call of each of our three workloads spends its time: each
+          kernel launch synchronised and timed alone, and the host's share (allocations,
+          transfers, Python) as the rest of the wall time.
 ceilings  device-to-device copy bandwidth (``clone`` of 2 GiB) and the GEMM rate
           (``torch.matmul`` of two 8192^2 matrices) in float32 and float64.
 
@@ -197,6 +200,8 @@ def section_ensemble(torch, device, config, bandwidth, gemm, free_bytes):
                 rows.append([E, N, dtype, name, mine * 1e3, peer * 1e3, peer / mine]
                             + rates_row(mine, flops, n_bytes, bandwidth, gemm[dtype])
                             + [rates_row(peer, flops, n_bytes, bandwidth, gemm[dtype])[2]])
+                print(f"  E={E} N={N} {dtype} {name}: ours {mine * 1e3:.3g} ms, "
+                      f"torch {peer * 1e3:.3g} ms", flush=True)  # the table comes at the end
             del ours, theirs
             if device == "cuda":
                 torch.cuda.empty_cache()
@@ -207,26 +212,41 @@ def section_ensemble(torch, device, config, bandwidth, gemm, free_bytes):
 
 # -- one large LSTM ----------------------------------------------------------------------
 
-def section_single(torch, device, config, gemm):
+def single_case(config, seed=0):
     import dynamics
-    from dynamics import gpu
 
     B, H, T = config["single"]
-    dtype = np.float32
-    rng = np.random.default_rng(0)
-    cell = dynamics.LSTM.init(H, H, seed=0, dtype=dtype)
-    x = rng.normal(size=(T, B, H)).astype(dtype)
-    x_d = gpu.to_device(x)
-    h0_d = gpu.zeros((1, B, H), dtype)
-    grad_d = gpu.to_device(np.ones((T, 1, B, H), dtype))
-    zeros = np.zeros((1, B, H), dtype)
+    cell = dynamics.LSTM.init(H, H, seed=seed, dtype=np.float32)
+    x = np.random.default_rng(seed).normal(size=(T, B, H)).astype(np.float32)
+    return cell, x
 
-    def ours_forward():
+
+def ours_single(cell, x):
+    """(forward, forward + BPTT of L = sum(output)) closures on device-resident arrays."""
+    from dynamics import gpu
+
+    T, B, H = x.shape
+    x_d = gpu.to_device(x)
+    h0_d = gpu.zeros((1, B, H), x.dtype)
+    grad_d = gpu.to_device(np.ones((T, 1, B, H), x.dtype))
+    zeros = np.zeros((1, B, H), x.dtype)
+
+    def forward():
         return gpu.layer_forward(cell, x_d, h0_d, h0_d, False)
 
-    def ours_bptt():
-        return gpu.layer_backward(ours_forward(), grad_d, True, zeros, zeros, 0,
-                                  gpu.zeros_like(x_d), True)
+    def forward_bptt():
+        return gpu.layer_backward(forward(), grad_d, True, zeros, zeros, 0, gpu.zeros_like(x_d),
+                                  True)
+
+    return forward, forward_bptt
+
+
+def section_single(torch, device, config, gemm):
+    import dynamics
+
+    B, H, T = config["single"]
+    cell, x = single_case(config)
+    ours_forward, ours_bptt = ours_single(cell, x)
 
     lstm = torch.nn.LSTM(H, H)
     lstm.load_state_dict(dynamics.to_torch_state_dict(cell))
@@ -260,17 +280,28 @@ def section_single(torch, device, config, gemm):
 
 # -- lambda_max ---------------------------------------------------------------------------
 
-def section_lyapunov(torch, device, config, bandwidth, gemm):
-    import analysis
+def lyapunov_case(config, seed=0):
     import dynamics
 
     E, N, T, burn_in = config["lyapunov"]
-    cell = dynamics.RNN.init(1, N, init="gaussian", gain=1.5, ensemble=E, seed=0)
-    h0 = np.random.default_rng(1).normal(size=(1, E, 1, N))
+    cell = dynamics.RNN.init(1, N, init="gaussian", gain=1.5, ensemble=E, seed=seed)
+    h0 = np.random.default_rng(seed + 1).normal(size=(1, E, 1, N))
+    return cell, h0
 
-    def ours():
-        return analysis.lyapunov_spectrum(cell, steps=T + burn_in, burn_in=burn_in,
+
+def ours_lyapunov(cell, h0, steps, burn_in):
+    import analysis
+
+    def run():
+        return analysis.lyapunov_spectrum(cell, steps=steps + burn_in, burn_in=burn_in,
                                           n_exponents=1, h0=h0, backend="cuda")
+    return run
+
+
+def section_lyapunov(torch, device, config, bandwidth, gemm):
+    E, N, T, burn_in = config["lyapunov"]
+    cell, h0 = lyapunov_case(config)
+    ours = ours_lyapunov(cell, h0, T, burn_in)
 
     w = torch.tensor(cell.weight_hh, device=device)
     b = torch.tensor((cell.bias_ih + cell.bias_hh)[..., None], device=device)
@@ -296,7 +327,9 @@ def section_lyapunov(torch, device, config, bandwidth, gemm):
         a = timed(ours, torch, device, config["repeats"])
         p = timed(peer, torch, device, config["repeats"])
     flops = 2 * common.matvec_flops(N, N) * E * (T + burn_in)  # state and tangent
-    n_bytes = E * N * N * 8
+    # W_hh read once per step (state and tangent share the read): E N^2 8 bytes (2 GiB at
+    # the full size) cannot stay in the 50 MB of L2 between steps
+    n_bytes = E * N * N * 8 * (T + burn_in)
     rows = [[E, N, T, a * 1e3, p * 1e3, p / a] + rates_row(a, flops, n_bytes, bandwidth,
                                                            gemm["float64"])]
     common.print_table(["E", "N", "T", "ours ms", "torch ms", "torch/ours", "ours GB/s",
@@ -305,11 +338,71 @@ def section_lyapunov(torch, device, config, bandwidth, gemm):
                              "step (ours end to end, weights moved to the GPU included)")
 
 
+# -- where the time goes ------------------------------------------------------------------
+
+def kernel_profile(run):
+    """(wall seconds of ``run()``, {kernel: [launches, seconds]}): every launch made
+    through numba-cuda is synchronised and timed on its own, so host work (allocations,
+    transfers, Python) is the wall time less the kernels' sum."""
+    from numba import cuda
+    from numba.cuda import dispatcher
+
+    launch = dispatcher.CUDADispatcher.call
+    kernels = {}
+
+    def timed_launch(kernel, args, configuration):
+        cuda.synchronize()
+        start = time.perf_counter()
+        result = launch(kernel, args, configuration)
+        cuda.synchronize()
+        entry = kernels.setdefault(kernel.py_func.__qualname__.split(".")[0], [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.perf_counter() - start
+        return result
+
+    dispatcher.CUDADispatcher.call = timed_launch
+    try:
+        cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        cuda.synchronize()
+        return time.perf_counter() - start, kernels
+    finally:
+        dispatcher.CUDADispatcher.call = launch
+
+
+def section_profile(config):
+    """Per-kernel times of one warm call of each of our workloads above."""
+    if numba.config.ENABLE_CUDASIM:
+        print("\n(profile) skipped: the simulator has no kernel launches to time")
+        return
+    E, N = config["ensembles"][0]
+    _, _, T, burn_in = config["lyapunov"]
+    workloads = {
+        f"ensemble E = {E}, N = {N}, float32, fwd+bptt":
+            ours_ensemble(*ensemble_case(E, N, config["steps"], np.dtype("float32")))[1],
+        "single LSTM fwd+bptt": ours_single(*single_case(config))[1],
+        "lyapunov": ours_lyapunov(*lyapunov_case(config), T, burn_in)}
+    for label, run in workloads.items():
+        run()  # compile and warm up
+        wall, kernels = kernel_profile(run)
+        rows = [[name, launches, seconds * 1e3, 100 * seconds / wall]
+                for name, (launches, seconds) in sorted(kernels.items(),
+                                                        key=lambda item: -item[1][1])]
+        host = wall - sum(seconds for _, seconds in kernels.values())
+        rows.append(["(host: allocations, transfers, Python)", "", host * 1e3,
+                     100 * host / wall])
+        common.print_table(["kernel", "launches", "ms", "% of wall"], rows,
+                           title=f"(profile) {label}: {wall * 1e3:.1f} ms wall, each launch "
+                                 "synchronised and timed alone")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--only", action="append",
-                        choices=("ensemble", "single", "lyapunov"), help="run only these")
+                        choices=("ensemble", "single", "lyapunov", "profile"),
+                        help="run only these")
     args = parser.parse_args(argv)
     if argv is None:  # run as a script, not called
         common.reuse_freed_memory()
@@ -335,7 +428,8 @@ def main(argv=None):
           f"float64 {gemm['float64']:.0f} GFLOP/s")
     sections = {"ensemble": lambda: section_ensemble(torch, device, config, bandwidth, gemm, free),
                 "single": lambda: section_single(torch, device, config, gemm),
-                "lyapunov": lambda: section_lyapunov(torch, device, config, bandwidth, gemm)}
+                "lyapunov": lambda: section_lyapunov(torch, device, config, bandwidth, gemm),
+                "profile": lambda: section_profile(config)}
     for name, run in sections.items():
         if not args.only or name in args.only:
             run()

@@ -31,6 +31,8 @@ BATCHED_MIN_BATCH = 32
 SPLIT_MIN_TERMS = 1024
 SPLIT_BELOW_BLOCKS = 1024
 THREADS = 256
+#: The largest grid z extent CUDA launches: ``matmul``'s grid has one z per member.
+MAX_GRID_Z = 65535
 
 
 def on_device(array):
@@ -90,6 +92,11 @@ def _chunks(n_terms, n_blocks):
     return max(1, min(n_terms // SPLIT_MIN_TERMS, SPLIT_BELOW_BLOCKS // n_blocks))
 
 
+def _group(array, members):
+    """``array[members]``, or ``array`` itself where its one member broadcasts (or None)."""
+    return array if array is None or array.shape[0] == 1 else array[members]
+
+
 def matmul(a, b, c, trans_a=False, trans_b=False, accumulate=False, bias=None,
            sum_members=False):
     """c[e] = [c[e] +] [bias[e] +] op(a[e]) op(b[e]) on (members, rows, cols) device
@@ -98,6 +105,12 @@ def matmul(a, b, c, trans_a=False, trans_b=False, accumulate=False, bias=None,
     n_members, n_rows, n_cols = c.shape
     n_terms = a.shape[1] if trans_a else a.shape[2]
     if c.size == 0:
+        return
+    if n_members > MAX_GRID_Z:  # one launch per group of members (each sum is unchanged)
+        for start in range(0, n_members, MAX_GRID_Z):
+            group = slice(start, start + MAX_GRID_Z)
+            matmul(_group(a, group), _group(b, group), c[group], trans_a, trans_b,
+                   accumulate, _group(bias, group), sum_members)
         return
     kernel = kernels.matmul_kernel(c.dtype)
     grid = ((n_cols + TILE - 1) // TILE, (n_rows + TILE - 1) // TILE, n_members)

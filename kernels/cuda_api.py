@@ -43,9 +43,15 @@ def numba_float(dtype):
 
 def device(function, **bindings):
     """``function`` (an ``@njit`` dispatcher) recompiled as a CUDA device function, its
-    global names rebound to ``bindings`` (the device versions of what it calls)."""
+    global names rebound to ``bindings`` (the device versions of what it calls). The
+    ``@njit`` functions it calls are recompiled the same way, recursively, so the bindings
+    reach every level (``lstm_unit`` calls ``lstm_gate``, which calls ``sigmoid``)."""
     source = function.py_func
     names = dict(source.__globals__)
+    for name in source.__code__.co_names:
+        callee = names.get(name)
+        if name not in bindings and hasattr(callee, "py_func"):
+            names[name] = device(callee, **bindings)
     names.update(bindings)
     rebound = types.FunctionType(source.__code__, names, source.__name__, source.__defaults__,
                                  source.__closure__)

@@ -127,6 +127,19 @@ def test_long_sums_split_into_chunks(monkeypatch):
         assert_agree(cuda[name], cpu[name], np.float64, name)
 
 
+def test_ensembles_beyond_the_grid_limit_run_in_groups(monkeypatch):
+    """More members than CUDA's grid z extent (65,535; 2 here): the matrix products run
+    in groups of members, with the same bits."""
+    cell = random_cell("lstm", 2, 3, seed=6, ensemble=5)
+    x = np.random.default_rng(1).normal(size=(4, 2, 2))
+    grad_output = np.random.default_rng(2).normal(size=(4, 5, 2, 3))
+    whole = dynamics.bptt(cell, x, grad_output, backend="cuda")
+    monkeypatch.setattr(gpu, "MAX_GRID_Z", 2)
+    grouped = dynamics.bptt(cell, x, grad_output, backend="cuda")
+    for name in whole:
+        np.testing.assert_array_equal(grouped[name], whole[name], err_msg=name)
+
+
 def test_runs_are_bitwise_reproducible():
     cell = random_cell("lstm", 2, 3, seed=1, ensemble=2)
     x = np.random.default_rng(0).normal(size=(3, 1, 2))
@@ -228,16 +241,30 @@ def test_analysis_refuses_an_unknown_backend(call):
         call(random_cell("rnn_tanh", 1, 2))
 
 
-def _python(code, *args):
-    """Run ``code`` in a fresh interpreter without the CUDA simulator."""
+def _python(*arguments):
+    """Run ``python *arguments`` in a fresh interpreter without the CUDA simulator."""
     environment = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, *map(str, arguments)], capture_output=True,
                           text=True, env=environment,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
 
 
+def test_every_kernel_compiles_for_a_real_gpu():
+    """The simulator runs the kernels as Python, so it accepts code that the real CUDA
+    target refuses (it accepted ``np.floor``, which numba-cuda does not implement, until
+    the first run on a GPU): ``compile_cuda_kernels.py`` compiles every kernel the
+    toolkit launches to PTX for sm_90, in a process without the simulator."""
+    done = _python("-c", "import runpy; runpy.run_path('tests/compile_cuda_kernels.py', "
+                         "run_name='__main__')")
+    if done.returncode == 77:  # compile_cuda_kernels.NO_COMPILER: no NVVM here
+        pytest.skip(done.stdout.strip() + " (pip install nvidia-cuda-nvcc-cu12 "
+                    "nvidia-cuda-nvrtc-cu12)")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "0 failed" in done.stdout
+
+
 def test_importing_the_toolkit_does_not_load_cuda():
-    done = _python("import sys, dynamics, analysis, kernels, studies.edge_of_chaos\n"
+    done = _python("-c", "import sys, dynamics, analysis, kernels, studies.edge_of_chaos\n"
                    "import numpy as np\n"
                    "dynamics.bptt(dynamics.RNN.init(1, 2), np.ones((3, 1, 1)), np.ones((3, 1, 2)))\n"
                    "print(sorted(m for m in sys.modules if m.startswith(('numba.cuda', "
@@ -248,7 +275,7 @@ def test_importing_the_toolkit_does_not_load_cuda():
 
 @pytest.mark.skipif(not SIMULATED, reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_a_clear_error():
-    done = _python("import numpy as np, dynamics\n"
+    done = _python("-c", "import numpy as np, dynamics\n"
                    "dynamics.forward(dynamics.RNN.init(1, 2), np.ones((3, 1, 1)), backend='cuda')")
     assert done.returncode == 1
     assert "RuntimeError: backend='cuda' needs an NVIDIA GPU" in done.stderr
@@ -258,7 +285,7 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 @pytest.mark.skipif(not SIMULATED, reason="this machine has a GPU")
 def test_a_cuda_sweep_without_a_gpu_fails_before_storing_anything(tmp_path):
     store = tmp_path / "sweep.zarr"
-    done = _python("import sys\n"
+    done = _python("-c", "import sys\n"
                    "from analysis.sweep import Output, Sweep\n"
                    "Sweep('s', {'a': [1.0]}, lambda points, seeds: {'y': points['a']},\n"
                    "      {'y': Output('y', '1')}, backend='cuda').run(sys.argv[1], progress=False)",
