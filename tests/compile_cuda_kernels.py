@@ -17,11 +17,11 @@ import traceback
 
 import numba
 import numpy as np
-from numba import cuda
-from numba.cuda import dispatcher
 
 #: The GPU the kernels are compiled for (compute capability of an H100).
 COMPUTE_CAPABILITY = (9, 0)
+#: The exit status when this machine has no NVVM to compile with (the test then skips).
+NO_COMPILER = 77
 
 
 class DeviceArray:
@@ -43,72 +43,76 @@ class DeviceArray:
         return np.array(self.array)
 
 
-def host(value):
-    return value.array if isinstance(value, DeviceArray) else value
-
-
-compiled, failed = set(), {}
-
-
-def compile_instead_of_launch(kernel, configuration):
-    def launch(*args):
-        types = tuple(numba.typeof(host(a)) for a in args)
-        key = (kernel.py_func.__qualname__, types)
-        if key in compiled or key in failed:
-            return
-        try:
-            cuda.compile_ptx(kernel.py_func, types, cc=COMPUTE_CAPABILITY)
-            compiled.add(key)
-            print("compiled", key[0], flush=True)
-        except Exception:
-            failed[key] = traceback.format_exc(limit=-4)
-    return launch
-
-
 class Hopper:
     compute_capability = COMPUTE_CAPABILITY
 
 
-cuda.is_available = lambda: True
-cuda.to_device = lambda array: DeviceArray(np.array(array))
-cuda.device_array = lambda shape, dtype=np.float64: DeviceArray(np.zeros(shape, dtype))
-dispatcher.CUDADispatcher.__getitem__ = compile_instead_of_launch
-dispatcher.get_current_device = Hopper  # device functions compile for this GPU
-
-import analysis  # noqa: E402  (after the patches: nothing may reach a driver)
-import dynamics  # noqa: E402
-from dynamics import gpu  # noqa: E402
-from kernels import cuda_sequence  # noqa: E402
-
-WALK_THREADS, SHARED_BYTES = cuda_sequence.walk_threads, cuda_sequence.SHARED_BYTES
+def host(value):
+    return value.array if isinstance(value, DeviceArray) else value
 
 
-def use_path(path):
-    """As ``tests/test_cuda.py``'s ``use_path``: the walk, the strided walk (W_hh read
-    from global memory) or the batched recurrence."""
-    gpu.WALK_MIN_SEQUENCES = 10 ** 9 if path == "batched" else 1
-    gpu.BATCHED_MIN_BATCH = 1
-    strided = path == "walk_strided"
-    cuda_sequence.walk_threads = (lambda n_rows: min(n_rows, 2)) if strided else WALK_THREADS
-    cuda_sequence.SHARED_BYTES = 0 if strided else SHARED_BYTES
+def compile_launches(compiled, failed):
+    """Make every kernel launch compile the kernel for its arguments' types instead of
+    running it (into the sets ``compiled`` and ``failed``), and every device array a
+    NumPy one. Only for this script's process: nothing is run on, or asked of, a GPU."""
+    from numba import cuda
+    from numba.cuda import dispatcher
+
+    def configure(kernel, configuration):
+        def launch(*args):
+            types = tuple(numba.typeof(host(a)) for a in args)
+            key = (kernel.py_func.__qualname__, types)
+            if key in compiled or key in failed:
+                return
+            try:
+                cuda.compile_ptx(kernel.py_func, types, cc=COMPUTE_CAPABILITY)
+                compiled.add(key)
+                print("compiled", key[0], flush=True)
+            except Exception:
+                failed[key] = traceback.format_exc(limit=-4)
+        return launch
+
+    cuda.is_available = lambda: True
+    cuda.to_device = lambda array: DeviceArray(np.array(array))
+    cuda.device_array = lambda shape, dtype=np.float64: DeviceArray(np.zeros(shape, dtype))
+    dispatcher.CUDADispatcher.__getitem__ = configure
+    dispatcher.get_current_device = Hopper  # device functions compile for this GPU
 
 
 def cell(kind, dtype, ensemble=None, inputs=3, hidden=4):
+    import dynamics
+
     cls = {"lstm": dynamics.LSTM, "gru": dynamics.GRU}.get(kind, dynamics.RNN)
     options = {"nonlinearity": kind[4:]} if kind.startswith("rnn") else {}
     return cls.init(inputs, hidden, ensemble=ensemble, seed=1, dtype=dtype, **options)
 
 
-#: The exit status when this machine has no NVVM to compile with (the test then skips).
-NO_COMPILER = 77
-
-
 def main():
+    from numba import cuda
+
     try:
         cuda.compile_ptx(lambda a: None, (numba.float64[:],), cc=COMPUTE_CAPABILITY)
     except Exception as error:  # numba-cuda finds no NVVM / NVRTC library
         print(f"no CUDA compiler: {error}")
         return NO_COMPILER
+    compiled, failed = set(), {}
+    compile_launches(compiled, failed)
+    import analysis  # after the patches: nothing may reach a driver
+    import dynamics
+    from dynamics import gpu
+    from kernels import cuda_sequence
+
+    walk_threads, shared_bytes = cuda_sequence.walk_threads, cuda_sequence.SHARED_BYTES
+
+    def use_path(path):
+        """As ``tests/test_cuda.py``'s ``use_path``: the walk, the strided walk (W_hh read
+        from global memory) or the batched recurrence."""
+        gpu.WALK_MIN_SEQUENCES = 10 ** 9 if path == "batched" else 1
+        gpu.BATCHED_MIN_BATCH = 1
+        strided = path == "walk_strided"
+        cuda_sequence.walk_threads = (lambda n_rows: min(n_rows, 2)) if strided else walk_threads
+        cuda_sequence.SHARED_BYTES = 0 if strided else shared_bytes
+
     rng = np.random.default_rng(0)
     kinds, dtypes = ("rnn_tanh", "rnn_relu", "lstm", "gru"), (np.float32, np.float64)
     for kind, dtype, path, ensemble in itertools.product(
