@@ -13,6 +13,7 @@ Public names (kept stable; import them with ``from conftest import ...``):
 - ``examples(n)``: decorator, ``settings(max_examples=n)`` scaled by the loaded profile
 - ``seeds``, ``kinds``, ``dtypes``: basic strategies
 - fixture ``single_thread`` (module scope): numba on one thread, restored afterwards
+- a test module may define ``start_in_background()``: see "Subprocesses started early"
 
 A hypothesis profile "recurrent" (deadline=None, max_examples=20, no too_slow check) is
 registered and loaded; set ``HYPOTHESIS_PROFILE`` to choose another one ("thorough": 200).
@@ -211,3 +212,25 @@ def torch_module(kind, input_size, hidden_size, num_layers=1, bidirectional=Fals
     else:
         module = torch.nn.RNN(input_size, hidden_size, nonlinearity=kind[4:], **options)
     return module.to(getattr(torch, dtype))
+
+
+# -- subprocesses started early ------------------------------------------------------------
+# Some checks run in a subprocess of their own that spends minutes on single-threaded JIT
+# compilation (the bad-input runner compiles nearly every kernel). A test module that
+# defines ``start_in_background()`` has it called as soon as the session is collected, so
+# that its subprocess runs on the core this process leaves idle, and the module's tests
+# run last, so that the subprocess has the whole session to finish.
+
+def _starts_in_background(item):
+    return hasattr(getattr(item, "module", None), "start_in_background")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=_starts_in_background)  # a stable sort: each group keeps its order
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    for module in {item.module for item in session.items if _starts_in_background(item)}:
+        module.start_in_background()

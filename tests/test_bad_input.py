@@ -11,6 +11,7 @@ refused with TypeError; nan/inf in x or h0 are data and propagate; T = 0 gives a
 output, h_n = h0 and zero gradients; strided and read-only arrays are accepted; B = 0
 is refused.
 """
+import atexit
 import json
 import os
 import pathlib
@@ -22,14 +23,26 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def start_python(code, *args, env=None):
+    """Start ``code`` in a fresh interpreter with the repository on the path."""
+    env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    atexit.register(process.kill)  # a session that stops early leaves nothing running
+    return process
+
+
+def finish(process, timeout=900):
+    """(returncode, stdout, stderr) of a process from ``start_python``."""
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+
 def run_python(code, *args, env=None, timeout=600):
     """Run ``code`` in a fresh interpreter with the repository on the path.
 
     Returns (returncode, stdout, stderr)."""
-    env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, proc.stdout, proc.stderr
+    return finish(start_python(code, *args, env=env), timeout)
 
 
 # The case runner: every case is a function returning a JSON-able dict of facts (or
@@ -715,10 +728,20 @@ for name in selected:
 '''
 
 
+RUNNER = []
+
+
+def start_in_background():
+    """Start the case runner as soon as the session is collected (tests/conftest.py)."""
+    RUNNER.append(start_python(CASES_CODE))
+
+
 @pytest.fixture(scope="module")
 def outcomes():
-    """Run every case in one subprocess; map case name -> its JSON record."""
-    returncode, stdout, stderr = run_python(CASES_CODE)
+    """Every case, run in one subprocess: case name -> its JSON record."""
+    if not RUNNER:
+        start_in_background()
+    returncode, stdout, stderr = finish(RUNNER[0])
     records, started = {}, []
     for line in stdout.splitlines():
         try:

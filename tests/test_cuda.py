@@ -6,6 +6,7 @@ and examples few. Tests marked ``gpu`` repeat the comparison at realistic sizes 
 only on a real GPU. Tolerances (the issue's): float64 1e-12, float32 1e-5, on
 max |gpu - cpu| / max(1, max |cpu|).
 """
+import atexit
 import os
 import subprocess
 import sys
@@ -249,18 +250,34 @@ def _python(*arguments):
                           cwd=os.path.dirname(os.path.dirname(__file__)))
 
 
+COMPILER = []
+
+
+def start_in_background():
+    """Start ``compile_cuda_kernels.py`` as soon as the session is collected (a minute
+    of NVVM; tests/conftest.py)."""
+    environment = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    COMPILER.append(subprocess.Popen(
+        [sys.executable, "-c", "import runpy; runpy.run_path("
+         "'tests/compile_cuda_kernels.py', run_name='__main__')"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        cwd=os.path.dirname(os.path.dirname(__file__))))
+    atexit.register(COMPILER[0].kill)  # a session that stops early leaves nothing running
+
+
 def test_every_kernel_compiles_for_a_real_gpu():
     """The simulator runs the kernels as Python, so it accepts code that the real CUDA
     target refuses (it accepted ``np.floor``, which numba-cuda does not implement, until
     the first run on a GPU): ``compile_cuda_kernels.py`` compiles every kernel the
     toolkit launches to PTX for sm_90, in a process without the simulator."""
-    done = _python("-c", "import runpy; runpy.run_path('tests/compile_cuda_kernels.py', "
-                         "run_name='__main__')")
-    if done.returncode == 77:  # compile_cuda_kernels.NO_COMPILER: no NVVM here
-        pytest.skip(done.stdout.strip() + " (pip install nvidia-cuda-nvcc-cu12 "
+    if not COMPILER:
+        start_in_background()
+    stdout, stderr = COMPILER[0].communicate(timeout=900)
+    if COMPILER[0].returncode == 77:  # compile_cuda_kernels.NO_COMPILER: no NVVM here
+        pytest.skip(stdout.strip() + " (pip install nvidia-cuda-nvcc-cu12 "
                     "nvidia-cuda-nvrtc-cu12)")
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "0 failed" in done.stdout
+    assert COMPILER[0].returncode == 0, stdout[-4000:] + stderr[-4000:]
+    assert "0 failed" in stdout
 
 
 def test_importing_the_toolkit_does_not_load_cuda():
