@@ -128,17 +128,21 @@ def test_long_sums_split_into_chunks(monkeypatch):
         assert_agree(cuda[name], cpu[name], np.float64, name)
 
 
-def test_ensembles_beyond_the_grid_limit_run_in_groups(monkeypatch):
-    """More members than CUDA's grid z extent (65,535; 2 here): the matrix products run
-    in groups of members, with the same bits."""
-    cell = random_cell("lstm", 2, 3, seed=6, ensemble=5)
-    x = np.random.default_rng(1).normal(size=(4, 2, 2))
-    grad_output = np.random.default_rng(2).normal(size=(4, 5, 2, 3))
-    whole = dynamics.bptt(cell, x, grad_output, backend="cuda")
+def test_products_of_more_members_than_the_grid_allows_run_in_groups(monkeypatch):
+    """More members than CUDA's grid z extent (65,535; 2 here): ``matmul`` launches them
+    in groups, with the same bits (a broadcast operand and a bias included)."""
+    rng = np.random.default_rng(0)
+    a, b, bias = rng.normal(size=(1, 2, 3)), rng.normal(size=(5, 3, 2)), rng.normal(size=(5, 2))
+
+    def product():
+        c = gpu.zeros((5, 2, 2), np.float64)
+        gpu.matmul(gpu.to_device(a), gpu.to_device(b), c, bias=gpu.to_device(bias))
+        return gpu.to_host(c)
+
+    whole = product()
+    np.testing.assert_allclose(whole, a @ b + bias[:, None, :], rtol=1e-12)
     monkeypatch.setattr(gpu, "MAX_GRID_Z", 2)
-    grouped = dynamics.bptt(cell, x, grad_output, backend="cuda")
-    for name in whole:
-        np.testing.assert_array_equal(grouped[name], whole[name], err_msg=name)
+    np.testing.assert_array_equal(product(), whole)
 
 
 def test_runs_are_bitwise_reproducible():
