@@ -12,6 +12,7 @@ running it. Run it from the repository root in a process without
 does. It prints one line per compiled specialisation and exits 1 if any failed.
 """
 import itertools
+import os
 import sys
 import traceback
 
@@ -79,14 +80,6 @@ def compile_launches(compiled, failed):
     dispatcher.get_current_device = Hopper  # device functions compile for this GPU
 
 
-def cell(kind, dtype, ensemble=None, inputs=3, hidden=4):
-    import dynamics
-
-    cls = {"lstm": dynamics.LSTM, "gru": dynamics.GRU}.get(kind, dynamics.RNN)
-    options = {"nonlinearity": kind[4:]} if kind.startswith("rnn") else {}
-    return cls.init(inputs, hidden, ensemble=ensemble, seed=1, dtype=dtype, **options)
-
-
 def main():
     from numba import cuda
 
@@ -97,35 +90,26 @@ def main():
         return NO_COMPILER
     compiled, failed = set(), {}
     compile_launches(compiled, failed)
-    import analysis  # after the patches: nothing may reach a driver
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the tests' helpers
+    import pytest
+    from conftest import random_cell
+    from cuda_paths import PATHS, use_path
+
+    import analysis
     import dynamics
-    from dynamics import gpu
-    from kernels import cuda_sequence
-
-    walk_threads, shared_bytes = cuda_sequence.walk_threads, cuda_sequence.SHARED_BYTES
-
-    def use_path(path):
-        """As ``tests/test_cuda.py``'s ``use_path``: the walk, the strided walk (W_hh read
-        from global memory) or the batched recurrence."""
-        gpu.WALK_MIN_SEQUENCES = 10 ** 9 if path == "batched" else 1
-        gpu.BATCHED_MIN_BATCH = 1
-        strided = path == "walk_strided"
-        cuda_sequence.walk_threads = (lambda n_rows: min(n_rows, 2)) if strided else walk_threads
-        cuda_sequence.SHARED_BYTES = 0 if strided else shared_bytes
 
     rng = np.random.default_rng(0)
     kinds, dtypes = ("rnn_tanh", "rnn_relu", "lstm", "gru"), (np.float32, np.float64)
-    for kind, dtype, path, ensemble in itertools.product(
-            kinds, dtypes, ("walk", "walk_strided", "batched"), (None, 2)):
-        use_path(path)
-        model = cell(kind, dtype, ensemble)
+    for kind, dtype, path, ensemble in itertools.product(kinds, dtypes, PATHS, (None, 2)):
+        model = random_cell(kind, 3, 4, seed=1, ensemble=ensemble, dtype=dtype)
         x = rng.normal(size=(4, 2, 3)).astype(dtype)
         grad_output = np.ones((4, 2, 2, 4) if ensemble else (4, 2, 4), dtype)
-        dynamics.bptt(model, x, grad_output, truncation=2, backend="cuda")
-        dynamics.bptt(model, x, grad_output, backend="cuda", input_gradient=False)
-    use_path("walk")
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            use_path(monkeypatch, path)
+            dynamics.bptt(model, x, grad_output, truncation=2, backend="cuda")
+            dynamics.bptt(model, x, grad_output, backend="cuda", input_gradient=False)
     for kind, dtype, drive in itertools.product(kinds, dtypes, ("none", "x", "drive")):
-        model = cell(kind, dtype, inputs=2, hidden=3)
+        model = random_cell(kind, 2, 3, seed=1, dtype=dtype)
         options = dict(n_exponents=2, interval=2, burn_in=1, dtype=dtype)
         if drive == "x":
             options["x"] = rng.normal(size=(5, 2, 2))
@@ -135,9 +119,8 @@ def main():
             options.update(steps=5, batch=2)
         analysis.lyapunov_spectrum(model, **options, backend="cuda")
         if dtype == np.float64 and drive != "none":
-            inputs = {drive: options[drive]}
-            analysis.gradient_norm_vs_lag(model, **inputs, max_lag=3, products=False,
-                                          backend="cuda")
+            analysis.gradient_norm_vs_lag(model, **{drive: options[drive]}, max_lag=3,
+                                          products=False, backend="cuda")
     for key, error in failed.items():
         print(f"FAILED {key[0]} {key[1]}\n{error}")
     print(f"{len(compiled)} kernel specialisations compiled, {len(failed)} failed")

@@ -13,6 +13,8 @@ Public names (kept stable; import them with ``from conftest import ...``):
 - ``examples(n)``: decorator, ``settings(max_examples=n)`` scaled by the loaded profile
 - ``seeds``, ``kinds``, ``dtypes``: basic strategies
 - fixture ``single_thread`` (module scope): numba on one thread, restored afterwards
+- ``start_python(*arguments, env=...)`` / ``finish(process)``: a fresh interpreter run
+  from the repository root (killed if the session ends first) / its ``CompletedProcess``
 - a test module may define ``start_in_background()``: see "Subprocesses started early"
 
 A hypothesis profile "recurrent" (deadline=None, max_examples=20, no too_slow check) is
@@ -20,7 +22,11 @@ registered and loaded; set ``HYPOTHESIS_PROFILE`` to choose another one ("thorou
 (Whether CUDA kernels run on a GPU or in numba's simulator is decided in the root
 ``conftest.py``.)
 """
+import atexit
 import os
+import pathlib
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numba
@@ -212,6 +218,27 @@ def torch_module(kind, input_size, hidden_size, num_layers=1, bidirectional=Fals
     else:
         module = torch.nn.RNN(input_size, hidden_size, nonlinearity=kind[4:], **options)
     return module.to(getattr(torch, dtype))
+
+
+# -- subprocesses --------------------------------------------------------------------------
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def start_python(*arguments, env):
+    """Start ``python *arguments`` from the repository root with the environment ``env``;
+    it is killed when this session exits, so a session that stops early leaves nothing
+    running."""
+    process = subprocess.Popen([sys.executable, *map(str, arguments)], env=env, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    atexit.register(process.kill)
+    return process
+
+
+def finish(process, timeout=900):
+    """The ``subprocess.CompletedProcess`` of a ``start_python`` process, once it ends."""
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 # -- subprocesses started early ------------------------------------------------------------

@@ -11,38 +11,26 @@ refused with TypeError; nan/inf in x or h0 are data and propagate; T = 0 gives a
 output, h_n = h0 and zero gradients; strided and read-only arrays are accepted; B = 0
 is refused.
 """
-import atexit
 import json
 import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT, finish, start_python
 
 
-def start_python(code, *args, env=None):
+def start_runner(code, *args, env=None):
     """Start ``code`` in a fresh interpreter with the repository on the path."""
-    env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
-    process = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    atexit.register(process.kill)  # a session that stops early leaves nothing running
-    return process
-
-
-def finish(process, timeout=900):
-    """(returncode, stdout, stderr) of a process from ``start_python``."""
-    stdout, stderr = process.communicate(timeout=timeout)
-    return process.returncode, stdout, stderr
+    return start_python("-c", code, *args,
+                        env=dict(os.environ if env is None else env, PYTHONPATH=str(ROOT)))
 
 
 def run_python(code, *args, env=None, timeout=600):
     """Run ``code`` in a fresh interpreter with the repository on the path.
 
     Returns (returncode, stdout, stderr)."""
-    return finish(start_python(code, *args, env=env), timeout)
+    done = finish(start_runner(code, *args, env=env), timeout)
+    return done.returncode, done.stdout, done.stderr
 
 
 # The case runner: every case is a function returning a JSON-able dict of facts (or
@@ -733,7 +721,7 @@ RUNNER = []
 
 def start_in_background():
     """Start the case runner as soon as the session is collected (tests/conftest.py)."""
-    RUNNER.append(start_python(CASES_CODE))
+    RUNNER.append(start_runner(CASES_CODE))
 
 
 @pytest.fixture(scope="module")
@@ -741,7 +729,8 @@ def outcomes():
     """Every case, run in one subprocess: case name -> its JSON record."""
     if not RUNNER:
         start_in_background()
-    returncode, stdout, stderr = finish(RUNNER[0])
+    done = finish(RUNNER[0])
+    returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
     records, started = {}, []
     for line in stdout.splitlines():
         try:

@@ -6,10 +6,7 @@ and examples few. Tests marked ``gpu`` repeat the comparison at realistic sizes 
 only on a real GPU. Tolerances (the issue's): float64 1e-12, float32 1e-5, on
 max |gpu - cpu| / max(1, max |cpu|).
 """
-import atexit
 import os
-import subprocess
-import sys
 
 import numba
 import numpy as np
@@ -19,11 +16,11 @@ from hypothesis import strategies as st
 
 import analysis
 import dynamics
-from conftest import examples, net_configs, random_cell
+from conftest import examples, finish, net_configs, random_cell, start_python
+from cuda_paths import PATHS, use_path
 
 pytest.importorskip("numba_cuda", reason="the cuda backend needs the numba-cuda package")
 from dynamics import gpu  # noqa: E402
-from kernels import cuda_sequence  # noqa: E402
 
 SIMULATED = bool(numba.config.ENABLE_CUDASIM)  # the root conftest.py chose
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
@@ -39,23 +36,6 @@ def assert_agree(got, want, dtype, what):
     scale = max(1.0, float(np.max(np.abs(want[np.isfinite(want)]), initial=0.0)))
     error = float(np.max(np.where(same, 0.0, np.abs(got - want)), initial=0.0)) / scale
     assert error <= TOLERANCE[np.dtype(dtype)], f"{what}: relative error {error:.2e}"
-
-
-#: How a layer runs on the GPU: the walk (one block per sequence, W_hh in shared
-#: memory), the walk with two threads per block and W_hh read from global memory (every
-#: strided loop and the uncached branch), or the batched recurrence (tiled products).
-PATHS = ("walk", "walk_strided", "batched")
-
-
-def use_path(monkeypatch, path):
-    if path == "batched":
-        monkeypatch.setattr(gpu, "WALK_MIN_SEQUENCES", 10 ** 9)
-        monkeypatch.setattr(gpu, "BATCHED_MIN_BATCH", 1)
-    else:
-        monkeypatch.setattr(gpu, "WALK_MIN_SEQUENCES", 1)
-    if path == "walk_strided":
-        monkeypatch.setattr(cuda_sequence, "walk_threads", lambda n_rows: min(n_rows, 2))
-        monkeypatch.setattr(cuda_sequence, "SHARED_BYTES", 0)
 
 
 def run_both(model, x, h0, grad_output, truncation, monkeypatch, path):
@@ -246,12 +226,15 @@ def test_analysis_refuses_an_unknown_backend(call):
         call(random_cell("rnn_tanh", 1, 2))
 
 
-def _python(*arguments):
-    """Run ``python *arguments`` in a fresh interpreter without the CUDA simulator."""
+def _start(*arguments):
+    """Start ``python *arguments`` without the CUDA simulator."""
     environment = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    return subprocess.run([sys.executable, *map(str, arguments)], capture_output=True,
-                          text=True, env=environment,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    return start_python(*arguments, env=environment)
+
+
+def _python(*arguments):
+    """Run ``python *arguments`` to its end without the CUDA simulator."""
+    return finish(_start(*arguments))
 
 
 COMPILER = []
@@ -260,13 +243,8 @@ COMPILER = []
 def start_in_background():
     """Start ``compile_cuda_kernels.py`` as soon as the session is collected (a minute
     of NVVM; tests/conftest.py)."""
-    environment = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    COMPILER.append(subprocess.Popen(
-        [sys.executable, "-c", "import runpy; runpy.run_path("
-         "'tests/compile_cuda_kernels.py', run_name='__main__')"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
-        cwd=os.path.dirname(os.path.dirname(__file__))))
-    atexit.register(COMPILER[0].kill)  # a session that stops early leaves nothing running
+    COMPILER.append(_start("-c", "import runpy; runpy.run_path("
+                                 "'tests/compile_cuda_kernels.py', run_name='__main__')"))
 
 
 def test_every_kernel_compiles_for_a_real_gpu():
@@ -276,12 +254,12 @@ def test_every_kernel_compiles_for_a_real_gpu():
     toolkit launches to PTX for sm_90, in a process without the simulator."""
     if not COMPILER:
         start_in_background()
-    stdout, stderr = COMPILER[0].communicate(timeout=900)
-    if COMPILER[0].returncode == 77:  # compile_cuda_kernels.NO_COMPILER: no NVVM here
-        pytest.skip(stdout.strip() + " (pip install nvidia-cuda-nvcc-cu12 "
+    done = finish(COMPILER[0])
+    if done.returncode == 77:  # compile_cuda_kernels.NO_COMPILER: no NVVM here
+        pytest.skip(done.stdout.strip() + " (pip install nvidia-cuda-nvcc-cu12 "
                     "nvidia-cuda-nvrtc-cu12)")
-    assert COMPILER[0].returncode == 0, stdout[-4000:] + stderr[-4000:]
-    assert "0 failed" in stdout
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "0 failed" in done.stdout
 
 
 def test_importing_the_toolkit_does_not_load_cuda():
