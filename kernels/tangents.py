@@ -27,9 +27,9 @@ import numpy as np
 from numba import prange
 
 from kernels._jit import jit
-from kernels.cells import (LIN_ROWS, add_packed_product, add_product, cell_forward,
-                           cell_linearisation, fits_panels, n_gates, pack_panels, panel_width,
-                           saved_width)
+from kernels.cells import (LIN_ROWS, PANELS_BEAT_BLAS, add_packed_product, add_product,
+                           cell_forward, cell_linearisation, fits_panels, n_gates, pack_panels,
+                           panel_width, saved_width)
 from kernels.householder import orthonormalise, qr_workspace, qr_workspaces
 from kernels.jacobians import (add_c_column_terms, adjoint_direct, adjoint_gates,
                                jacobian_h_columns, state_jacobian, tangent_combine)
@@ -136,16 +136,29 @@ def _log_norm(m):
 
 
 @jit
-def _adjoint_rows(cell, p, packed_w, h0, c0, hs, cs, e, b, t, rows, rows_out):
+def _weights_for_products(w):
+    """W_hh as ``_adjoint_rows`` multiplies by it at every lag: packed once for register
+    panels (``kernels.cells.pack_panels``), or as it is where BLAS is faster
+    (``kernels.cells.PANELS_BEAT_BLAS``)."""
+    if PANELS_BEAT_BLAS:
+        return pack_panels(w, panel_width(w))
+    return np.ascontiguousarray(w)
+
+
+@jit
+def _adjoint_rows(cell, p, weights, h0, c0, hs, cs, e, b, t, rows, rows_out):
     """rows_out = rows J_t for a block of adjoint rows (m, S) of item (e, b), given its
-    member's W_hh packed (``kernels.cells.pack_panels``)."""
+    member's W_hh from ``_weights_for_products``."""
     n_units = hs.shape[3]
     lin = np.empty((LIN_ROWS, n_units), hs.dtype)
     _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin)
-    gates = np.empty((rows.shape[0], packed_w.shape[1]), hs.dtype)
+    gates = np.empty((rows.shape[0], weights.shape[-2]), hs.dtype)
     adjoint_gates(lin, rows[:, :n_units], rows[:, n_units:], gates)
     through_w = np.zeros((rows.shape[0], n_units), hs.dtype)
-    add_packed_product(gates, packed_w, through_w)
+    if PANELS_BEAT_BLAS:
+        add_packed_product(gates, weights, through_w)
+    else:
+        np.dot(gates, weights, through_w)
     adjoint_direct(lin, rows[:, :n_units], rows[:, n_units:], through_w, rows_out[:, :n_units],
                    rows_out[:, n_units:])
 
@@ -169,9 +182,7 @@ def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_
     n_items = n_members * batch
     size = start.shape[2]
     n_blocks = (size + block_size - 1) // block_size
-    # W_hh packed once for all lags: register panels at the core's FMA rate, where BLAS
-    # ran at half of it (float64, N = 256 on one Zen 5 core: 103 GFLOP/s against 55)
-    packed_w = [pack_panels(w_hh[e], panel_width(w_hh)) for e in range(n_members)]
+    weights = [_weights_for_products(w_hh[e]) for e in range(n_members)]
     here = start.copy()
     there = np.empty_like(here)
     scale = np.zeros((n_members, batch))
@@ -184,7 +195,7 @@ def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_
             my_scale = np.zeros(1)  # private: items writing one shared array would contend
             for lag in range(log_frobenius.shape[2]):
                 if lag > 0:
-                    _adjoint_rows(cell, p, packed_w[e], h0, c0, hs, cs, e, b, t_end - lag + 1,
+                    _adjoint_rows(cell, p, weights[e], h0, c0, hs, cs, e, b, t_end - lag + 1,
                                   mine, spare)
                     mine, spare = spare, mine
                 if not _record_lag(mine, v[e, b], spectral, my_scale, lag,
@@ -199,7 +210,7 @@ def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_
                 r0 = (task % n_blocks) * block_size
                 r1 = min(r0 + block_size, size)
                 if not done[e, b]:
-                    _adjoint_rows(cell, p, packed_w[e], h0, c0, hs, cs, e, b,
+                    _adjoint_rows(cell, p, weights[e], h0, c0, hs, cs, e, b,
                                   t_end - lag + 1, here[e, b, r0:r1], there[e, b, r0:r1])
             here, there = there, here
         for item in prange(n_items):
@@ -264,9 +275,10 @@ def _block_products(panel, h, q, ph, a):
 
 @jit
 def _product_into(a, b, out):
-    """out = a @ b, in register panels when they fit (``kernels.cells.add_product``), else
-    by BLAS; nothing to do when ``out`` has no columns."""
-    if fits_panels(out):
+    """out = a @ b, in register panels when they fit and beat BLAS here
+    (``kernels.cells.add_product``, ``PANELS_BEAT_BLAS``), else by BLAS; nothing to do
+    when ``out`` has no columns."""
+    if PANELS_BEAT_BLAS and fits_panels(out):
         for row in out:
             fill(row, 0.0)
         add_product(a, b, out)
