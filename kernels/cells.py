@@ -130,8 +130,8 @@ def panel_width(out):
 #: (OpenBLAS, its Haswell kernels on AMD), for the products whose order of summation is
 #: free (the analysis walks): with AVX-512 they run at twice its rate (float64, 256 x
 #: 256 on one Zen 5 core: 103 GFLOP/s against 55), with AVX2 at 0.6-0.7 of it (float64,
-#: 200 x 200 on one Zen 3 core: 0.58 ms against 0.40, the full Lyapunov spectrum of
-#: N = 200 in 1.0-1.5 s against 0.75-0.82 s).
+#: 200 x 200 on one Zen 3 core: 0.58 ms against 0.40; the full Lyapunov spectrum of
+#: N = 200 in 0.72-0.84 s with BLAS, 0.91-1.48 s with the panels).
 PANELS_BEAT_BLAS = VECTOR_BITS >= 512
 
 
