@@ -4,7 +4,9 @@ Input projections before the recurrence, and parameter and input gradients after
 backward recurrence, are products over all T*B rows. They run as numba-parallel items
 over fixed row ranges, each multiplied in register panels from weights packed once
 per call (``kernels.cells.add_packed_product``, every sum in order) where the shapes
-allow, else by single-threaded BLAS: the work never depends on numba's thread count
+allow and the panels beat BLAS (``kernels.cells.PANELS_BEAT_BLAS``: with AVX-512, not
+with AVX2, where the gradients' products go to ``kernels.blas``), else by
+single-threaded BLAS: the work never depends on numba's thread count
 (results are bitwise reproducible), and no BLAS thread pool runs beside numba's.
 (Letting multi-threaded BLAS do these products between numba's parallel kernels made
 both spin against each other on 2 cores: a training step of a 128-unit LSTM took 58 ms
@@ -19,8 +21,9 @@ import numpy as np
 from numba import prange
 
 from kernels._jit import jit
-from kernels.cells import (GRU, PAGE_BYTES, add_packed_product, fits_panels, pack_member_panels,
-                           pack_panels, panel_width)
+from kernels.blas import add_transposed_product_by_blas, rows_for_blas
+from kernels.cells import (GRU, PAGE_BYTES, PANELS_BEAT_BLAS, add_packed_product, fits_panels,
+                           pack_member_panels, pack_panels, panel_width)
 from kernels.memory import add_into, copy_into, fill
 
 #: Rows per product; fixed, so that every sum's grouping depends on shapes alone.
@@ -138,6 +141,19 @@ def add_transposed_product(d, states, out):
 
 
 @jit
+def _add_gradient_product(d, states, out):
+    """out += d^T states for a parameter gradient: in register panels, every sum in order
+    (``add_transposed_product``), where they beat BLAS (``PANELS_BEAT_BLAS``) or ``out``
+    is narrower than a panel; else one BLAS call (float32 (1024 x 4096)^T (1024 x 1024)
+    on one Zen 3 core: 90 GFLOP/s, panels 51)."""
+    if PANELS_BEAT_BLAS or not fits_panels(out) or not (
+            rows_for_blas(d) and rows_for_blas(states) and rows_for_blas(out)):
+        add_transposed_product(d, states, out)
+    else:
+        add_transposed_product_by_blas(d, states, out)
+
+
+@jit
 def _add_transposed(term, out):
     """out += term^T."""
     for j in range(out.shape[0]):
@@ -189,7 +205,7 @@ def _input_side(cell, p, xe, e, r0, r1, gw, gb):
     """gw = sum over rows r0:r1 of d_in x^T, gb = sum of d_in (member e)."""
     if cell != GRU:  # d_in is the full row of p
         d = p[e, r0:r1]
-        add_transposed_product(d, xe[r0:r1], gw)
+        _add_gradient_product(d, xe[r0:r1], gw)
         _add_column_sums(d, gb)
         return
     n_out = gw.shape[0]  # GRU: the first 3H of 4H columns, gathered chunk by chunk
@@ -198,7 +214,7 @@ def _input_side(cell, p, xe, e, r0, r1, gw, gb):
         c1 = min(c0 + CHUNK_ROWS, r1)
         for r in range(c1 - c0):
             copy_into(p[e, c0 + r, :n_out], d_in[r])
-        add_transposed_product(d_in[:c1 - c0], xe[c0:c1], gw)
+        _add_gradient_product(d_in[:c1 - c0], xe[c0:c1], gw)
         _add_column_sums(d_in[:c1 - c0], gb)
 
 
@@ -235,9 +251,9 @@ def _add_hidden_product(reverse, p, hs, h0, e, r0, r1, gw):
     # the rows after the first step lie on one side of it (the first or the last rows)
     m0, m1 = (r0, r1) if s1 <= s0 else (r0, s0) if s0 > r0 else (s1, r1)
     if m1 > m0:
-        add_transposed_product(p[e, m0:m1], hs[e, m0 + shift:m1 + shift], gw)
+        _add_gradient_product(p[e, m0:m1], hs[e, m0 + shift:m1 + shift], gw)
     if s1 > s0:
-        add_transposed_product(p[e, s0:s1], h0[e, s0 - first_step:s1 - first_step], gw)
+        _add_gradient_product(p[e, s0:s1], h0[e, s0 - first_step:s1 - first_step], gw)
 
 
 @jit(inline=True)
@@ -258,7 +274,7 @@ def _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, gw, gb):
             copy_into(h0[e, row - first_step] if s0 <= row < s1 else hs[e, row + shift],
                       h_prev[r])
         _hidden_columns(p, e, c0, c1, d_hid)
-        add_transposed_product(d_hid[:c1 - c0], h_prev[:c1 - c0], gw)
+        _add_gradient_product(d_hid[:c1 - c0], h_prev[:c1 - c0], gw)
         _add_column_sums(d_hid[:c1 - c0], gb)
 
 
@@ -268,7 +284,8 @@ def input_gradients(p, weight_ih, packed_ih, grad_x, fresh):
     (or written, if ``fresh``). ``grad_x`` (1, rows, D) is shared by all members,
     whose terms are added in member order; (E, rows, D) is per member. Register panels
     from ``packed_ih`` (W_ih packed, ``kernels.cells.pack_member_panels``) where the
-    input size allows (``fits_panels``), else BLAS."""
+    input size allows (``fits_panels``) and they beat BLAS (``PANELS_BEAT_BLAS``), else
+    BLAS."""
     n_members, n_rows, _ = p.shape
     n_out = weight_ih.shape[1]
     shared = grad_x.shape[0] == 1 and n_members > 1
@@ -279,7 +296,7 @@ def input_gradients(p, weight_ih, packed_ih, grad_x, fresh):
         r0, r1 = chunk_rows(item - owner * chunks, n_rows)
         first, last = (0, n_members) if shared else (owner, owner + 1)
         out = grad_x[owner, r0:r1]
-        if fits_panels(out):  # register panels, every sum in order
+        if PANELS_BEAT_BLAS and fits_panels(out):  # register panels, every sum in order
             if fresh:
                 for r in range(r1 - r0):
                     fill(out[r], 0.0)
@@ -367,6 +384,6 @@ def parameter_and_input_gradients(cell, reverse, x, p, hs, h0, weight_ih, grad_x
         return
     grad_x_rows = _rows(grad_x_accumulate)
     packed = np.empty((0, 0, 0, 1), weight_ih.dtype)  # a stand-in where BLAS multiplies
-    if fits_panels(grad_x_rows[0]):
+    if PANELS_BEAT_BLAS and fits_panels(grad_x_rows[0]):
         packed = pack_member_panels(weight_ih, panel_width(grad_x_rows))
     input_gradients(p_rows, weight_ih, packed, grad_x_rows, grad_x_fresh)
