@@ -131,7 +131,7 @@ def layer_forward(cell, x, h0, c0, reverse):
         in_step = x.shape[-1] <= PROJECT_IN_STEP_INPUTS
         with single_threaded_blas():
             if not in_step:
-                project_inputs(x, packed_ih_t, bias_ih, p)
+                project_inputs(x, packed_ih_t, weight_ih, bias_ih, p)
             run_forward(cell.code, reverse, x if x.ndim == 4 else x[None],
                         packed_ih_t if in_step else packed_ih_t[:, :0], bias_ih, p,
                         pack_member_panels(weight_hh.transpose(0, 2, 1), width), bias_hh, h0,

@@ -1,4 +1,4 @@
-"""C += A^T B by BLAS's gemm, from ``@njit`` code.
+"""C += A^T B and C += A B^T by BLAS's gemm, from ``@njit`` code.
 
 numba's ``np.dot(a, b, out)`` overwrites ``out``; summing a product into an existing
 matrix then takes a temporary as large as the result (for a parameter gradient, as
@@ -41,25 +41,41 @@ def rows_for_blas(a):
                            and a.strides[0] >= max(1, a.shape[1]) * size)
 
 
-def add_transposed_product_by_blas(a, b, out):
-    """out += a^T b for a (k, m), b (k, n), out (m, n) whose rows BLAS can read
-    (``rows_for_blas``; the caller checks): one gemm with beta = 1."""
+def _gemm_add(a, transpose_a, b, transpose_b, out):
+    """out += op(a) op(b), op a transpose where asked: one gemm with beta = 1."""
 
 
-@overload(add_transposed_product_by_blas)
-def _add_transposed_product_by_blas(a, b, out):
+@overload(_gemm_add)
+def _gemm_add_impl(a, transpose_a, b, transpose_b, out):
     gemm = _GEMM[out.dtype]
     kind = ord("s" if out.dtype == types.float32 else "d")
 
-    def impl(a, b, out):
-        n_terms, m = a.shape
-        n = b.shape[1]
+    def impl(a, transpose_a, b, transpose_b, out):
+        m, n = out.shape
+        n_terms = a.shape[0] if transpose_a else a.shape[1]
         if m == 0 or n == 0 or n_terms == 0:
             return
         one = np.ones(1, out.dtype)
         size = out.itemsize
-        # row-major out^T = b^T a is column-major out = (b)(a^T): b as it is, a transposed
-        gemm(kind, ord("n"), ord("t"), n, m, n_terms, one.ctypes, b.ctypes, b.strides[0] // size,
-             a.ctypes, a.strides[0] // size, one.ctypes, out.ctypes, out.strides[0] // size)
+        # BLAS is column-major: a row-major matrix is its transpose there, so BLAS
+        # computes out^T = op(b)^T op(a)^T, and a factor that is transposed here is not
+        # transposed there
+        gemm(kind, ord("t") if transpose_b else ord("n"), ord("t") if transpose_a else ord("n"),
+             n, m, n_terms, one.ctypes, b.ctypes, b.strides[0] // size, a.ctypes,
+             a.strides[0] // size, one.ctypes, out.ctypes, out.strides[0] // size)
 
     return impl
+
+
+@jit
+def add_transposed_product_by_blas(a, b, out):
+    """out += a^T b for a (k, m), b (k, n), out (m, n) whose rows BLAS can read
+    (``rows_for_blas``; the caller checks)."""
+    _gemm_add(a, True, b, False, out)
+
+
+@jit
+def add_product_transposed_by_blas(a, b, out):
+    """out += a b^T for a (m, k), b (n, k), out (m, n) whose rows BLAS can read
+    (``rows_for_blas``; the caller checks)."""
+    _gemm_add(a, False, b, True, out)

@@ -5,12 +5,15 @@ thresholds are lowered so the BLAS path runs at test sizes, and both are compare
 every cell, direction, truncation and ensemble shape, over runs shorter and longer than
 the backward passes' prefetch distance (``kernels.sequence.PREFETCH_STEPS``).
 """
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import dynamics
 import dynamics.layer
+from kernels.cells import PANELS_BEAT_BLAS
 
 KINDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 
@@ -80,7 +83,14 @@ def test_input_projections_in_the_step_are_the_same_bits(kind, steps, batch, inp
             grads = dynamics.bptt(net, x, np.cos(result.output))
             results.append((result.output, result.h_n, grads))
     (out_a, h_a, g_a), (out_b, h_b, g_b) = results
-    np.testing.assert_array_equal(out_a, out_b)
-    np.testing.assert_array_equal(h_a, h_b)
+    # the same bits where both run in register panels; where BLAS projects all steps
+    # beforehand (kernels.cells.PANELS_BEAT_BLAS false), the same up to rounding
+    if PANELS_BEAT_BLAS:
+        same = np.testing.assert_array_equal
+    else:
+        tolerance = 2e-4 if dtype == np.float32 else 1e-11
+        same = functools.partial(np.testing.assert_allclose, rtol=tolerance, atol=tolerance)
+    same(out_a, out_b)
+    same(h_a, h_b)
     for name in g_a:
-        np.testing.assert_array_equal(g_a[name], g_b[name], err_msg=name)
+        same(g_a[name], g_b[name], err_msg=name)
