@@ -58,13 +58,20 @@ def project_block(x, packed_ih_t, bias_ih, out):
     add_packed_product(x, packed_ih_t, out)
 
 
+@jit
+def _by_blas(a, b, out):
+    """Whether a product of ``a`` and ``b`` into ``out`` goes to BLAS: where BLAS beats the
+    register panels (``PANELS_BEAT_BLAS``) and can read all three as they are."""
+    return not PANELS_BEAT_BLAS and rows_for_blas(a) and rows_for_blas(b) and rows_for_blas(out)
+
+
 @jit(parallel=True)
 def _project_rows(x, packed_ih_t, weight_ih, bias_ih, p):
     """p[e, r, :G*H] = x[r] W_ih[e]^T + b_ih[e] for every member e and row r, straight
     into ``p``, per chunk of rows: ``project_block`` from ``packed_ih_t`` (E, panels, D,
     width) = W_ih transposed and packed, or where BLAS is faster (``PANELS_BEAT_BLAS``)
     one BLAS product with ``weight_ih`` (E, G*H, D) (float32, H = D = 1024, 2,048 rows:
-    about 110 ms on 2 Zen 3 cores where the panels took 190-220)."""
+    127-198 ms on 2 Zen 3 cores where the panels took 184-225)."""
     n_members, n_rows, _ = p.shape
     n_out = bias_ih.shape[1]
     chunks = n_chunks(n_rows)
@@ -72,13 +79,12 @@ def _project_rows(x, packed_ih_t, weight_ih, bias_ih, p):
         e = item // chunks
         r0, r1 = chunk_rows(item - e * chunks, n_rows)
         rows, out = x[0 if x.shape[0] == 1 else e, r0:r1], p[e, r0:r1, :n_out]
-        if PANELS_BEAT_BLAS or not (rows_for_blas(rows) and rows_for_blas(weight_ih[e])
-                                    and rows_for_blas(out)):
-            project_block(rows, packed_ih_t[e], bias_ih[e], out)
-        else:
+        if _by_blas(rows, weight_ih[e], out):
             for r in range(out.shape[0]):
                 copy_into(bias_ih[e], out[r])
             add_product_transposed_by_blas(rows, weight_ih[e], out)
+        else:
+            project_block(rows, packed_ih_t[e], bias_ih[e], out)
 
 
 @jit
@@ -155,11 +161,10 @@ def _add_gradient_product(d, states, out):
     (``add_transposed_product``), where they beat BLAS (``PANELS_BEAT_BLAS``) or ``out``
     is narrower than a panel; else one BLAS call (float32 (1024 x 4096)^T (1024 x 1024)
     on one Zen 3 core: 90 GFLOP/s, panels 51)."""
-    if PANELS_BEAT_BLAS or not fits_panels(out) or not (
-            rows_for_blas(d) and rows_for_blas(states) and rows_for_blas(out)):
-        add_transposed_product(d, states, out)
-    else:
+    if fits_panels(out) and _by_blas(d, states, out):
         add_transposed_product_by_blas(d, states, out)
+    else:
+        add_transposed_product(d, states, out)
 
 
 @jit
