@@ -120,6 +120,11 @@ TRANSPOSE_BLOCK = 128
 #: (6400 x 512)^T (6400 x 128) in place, 197 and 211; (2048 x 1024)^T (2048 x 256)
 #: copied, 189 and 196; float64, 88 and 95.
 TRANSPOSED_PART_ROWS = 128
+#: Rows per part of ``_all_sides``' one pass over p. Where BLAS does the hidden side's
+#: product, parts of 512 rows: single-threaded OpenBLAS on a Zen 3 core, float32
+#: (6400 x 512)^T (6400 x 128) in parts of 128 rows, 512, 1024 and all 6400: 52-54,
+#: 75, 72 and 53-55 GFLOP/s (float64 the same 32-36 for all).
+FUSED_PART_ROWS = TRANSPOSED_PART_ROWS if PANELS_BEAT_BLAS else 512
 
 
 @jit
@@ -239,8 +244,8 @@ def _all_sides(reverse, p, xe, hs, h0, e, r0, r1, gw_ih, gb, gw_hh):
     feeds the three sums while it is in cache (the input's sum is kept transposed, the
     bits of ``add_transposed_product``)."""
     gw_ih_t = np.zeros((gw_ih.shape[1], gw_ih.shape[0]), p.dtype)
-    for c0 in range(r0, r1, TRANSPOSED_PART_ROWS):
-        c1 = min(c0 + TRANSPOSED_PART_ROWS, r1)
+    for c0 in range(r0, r1, FUSED_PART_ROWS):
+        c1 = min(c0 + FUSED_PART_ROWS, r1)
         d = p[e, c0:c1]
         _add_hidden_product(reverse, p, hs, h0, e, c0, c1, gw_hh)
         add_packed_product(xe[c0:c1].T, d, gw_ih_t)
