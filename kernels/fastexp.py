@@ -20,37 +20,38 @@ from numba.extending import intrinsic, overload
 
 
 @intrinsic
-def _power_of_two(typingctx, m):
-    """2**(m - bias) for a whole float32 (float64) m in [1, 2 bias], bias 127 (1023):
-    m is added to 2**23 (2**52), which puts it in the low bits of the sum, and those
-    bits are shifted into the exponent field. Float and integer vector operations only
-    (no float-to-int64 conversion, which AVX2 lacks and LLVM then does lane by lane)."""
-    if m not in (types.float32, types.float64):
+def power_of_two(typingctx, k):
+    """2**k for a whole float32 (float64) k in [-126, 127] ([-1022, 1023]), the exponents
+    of normal numbers: k + bias is added to 2**23 (2**52), which puts it in the low bits
+    of the sum, and those bits are shifted into the exponent field. Float and integer
+    vector operations only (no float-to-int64 conversion, which AVX2 lacks and LLVM then
+    does lane by lane)."""
+    if k not in (types.float32, types.float64):
         return None
-    mantissa = 23 if m == types.float32 else 52
+    mantissa, bias = (23, 127) if k == types.float32 else (52, 1023)
 
     def codegen(context, builder, signature, args):
         float_type = args[0].type
-        int_type = ir.IntType(m.bitwidth)
-        placed = builder.fadd(args[0], ir.Constant(float_type, float(2 ** mantissa)))
+        int_type = ir.IntType(k.bitwidth)
+        placed = builder.fadd(args[0], ir.Constant(float_type, float(2 ** mantissa + bias)))
         bits = builder.shl(builder.bitcast(placed, int_type), ir.Constant(int_type, mantissa))
         return builder.bitcast(bits, float_type)
 
-    return m(m), codegen
+    return k(k), codegen
 
 
 def _constants(bitwidth):
     """Typed constants of the float32 or float64 algorithm."""
     if bitwidth == 32:
-        f, degree, bias = np.float32, 7, 127
+        f, degree = np.float32, 7
         ln2_hi, ln2_lo = 0.693359375, -2.12194440e-4        # Cephes split of ln 2
         lo, hi = -87.33654, 88.72283                          # ~ ln(FLT_MIN), ln(FLT_MAX)
     else:
-        f, degree, bias = np.float64, 13, 1023
+        f, degree = np.float64, 13
         ln2_hi, ln2_lo = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # fdlibm
         lo, hi = -708.3964185322641, 709.782712893384
     coefficients = tuple(f(1.0 / math.factorial(n)) for n in range(degree + 1))
-    return f, f(bias), coefficients, f(1.0 / math.log(2.0)), f(ln2_hi), f(ln2_lo), f(lo), f(hi)
+    return f, coefficients, f(1.0 / math.log(2.0)), f(ln2_hi), f(ln2_lo), f(lo), f(hi)
 
 
 def _estrin(coefficients):
@@ -74,6 +75,31 @@ def _estrin(coefficients):
     return polynomial
 
 
+def exp_parts(x):
+    """(k, s) with e**x = 2**k (1 + s): k = round(x / ln 2), a whole float, and
+    s = e**r - 1 for r = x - k ln 2, |r| <= ln(2) / 2, computed without cancellation
+    (so that e**x - 1 = 2**k s + (2**k - 1) is accurate too, as ``kernels.activations.tanh``
+    uses). For finite x in the range of ``exp``; compiled code only."""
+    k = np.floor(x / np.log(2.0) + 0.5)
+    return k, np.expm1(x - k * np.log(2.0))
+
+
+@overload(exp_parts)
+def _exp_parts(x):
+    if not isinstance(x, types.Float):
+        return None
+    f, coefficients, log2e, ln2_hi, ln2_lo, _, _ = _constants(x.bitwidth)
+    half = f(0.5)
+    higher = _estrin(coefficients[2:])  # e^r - 1 = r + r^2 (1/2 + r/6 + ...)
+
+    def impl(x):
+        k = np.floor(x * log2e + half)
+        r = (x - k * ln2_hi) - k * ln2_lo
+        return k, r + (r * r) * higher(r)
+
+    return impl
+
+
 def exp(x):
     """e**x; compiled code gets the vectorisable version, Python gets ``np.exp``."""
     return np.exp(x)
@@ -83,19 +109,16 @@ def exp(x):
 def _exp(x):
     if not isinstance(x, types.Float):
         return None
-    f, bias, coefficients, log2e, ln2_hi, ln2_lo, lo, hi = _constants(x.bitwidth)
-    half, one, two, zero, inf = f(0.5), f(1.0), f(2.0), f(0.0), f(np.inf)
-    higher = _estrin(coefficients[2:])  # e^r = 1 + r + r^2 (1/2 + r/6 + ...): the
-    # small terms summed first, then 1 added once: within an ulp (all by Estrin: 3.1)
+    f, _, _, _, _, lo, hi = _constants(x.bitwidth)
+    one, two, zero, inf = f(1.0), f(2.0), f(0.0), f(np.inf)
 
     def impl(x):
-        k = np.floor(x * log2e + half)
-        r = (x - k * ln2_hi) - k * ln2_lo
+        k, s = exp_parts(x)
         # 2^k as 2 * 2^(k-1) for k > 0, so that k = bias + 1 (just below overflow) is
-        # still a normal number's exponent
+        # still a normal number's exponent; 1 + s rounded once: within an ulp (the
+        # whole polynomial by Estrin's splitting: 3.1)
         positive = k > zero
-        scale = _power_of_two(k + (bias - one if positive else bias))
-        y = (one + (r + (r * r) * higher(r))) * scale * (two if positive else one)
+        y = (one + s) * power_of_two(k - one if positive else k) * (two if positive else one)
         y = inf if x > hi else y
         return zero if x < lo else y
 
