@@ -6,7 +6,7 @@ gated cells. This ``exp`` is arithmetic only: Cody-Waite range reduction
 ``x = k ln2 + r``, ``|r| <= ln2/2``, a Taylor polynomial for ``e^r`` (degree 7 in float32,
 13 in float64: truncation error below half an ulp) evaluated in Estrin's manner, and
 ``2^k`` assembled from its bits.
-Its accuracy against ``np.exp`` is pinned in ``tests/test_invariants.py``: within 2 ulp,
+Its accuracy against ``np.exp`` is pinned in ``tests/test_fastexp.py``: within 2 ulp,
 0 where the result would be below the smallest normal number (absolute error under
 1e-38 in float32, 1e-308 in float64), inf above overflow, nan for nan.
 """
@@ -79,7 +79,7 @@ def exp_parts(x):
     """(k, s) with e**x = 2**k (1 + s): k = round(x / ln 2), a whole float, and
     s = e**r - 1 for r = x - k ln 2, |r| <= ln(2) / 2, computed without cancellation
     (so that e**x - 1 = 2**k s + (2**k - 1) is accurate too, as ``kernels.activations.tanh``
-    uses). For finite x in the range of ``exp``; compiled code only."""
+    uses). For finite x in the range of ``exp``; Python gets the same from NumPy."""
     k = np.floor(x / np.log(2.0) + 0.5)
     return k, np.expm1(x - k * np.log(2.0))
 
