@@ -146,8 +146,8 @@ def layer_forward(cell, x, h0, c0, reverse):
 
 
 #: A vanilla RNN's walk saves nothing for its backward pass, which then needs a buffer
-#: for dL/d(pre-activation) as large as the saved states: it is allocated for this many
-#: groups of ensemble members in turn rather than for all at once. Members are
+#: for dL/d(pre-activation) as large as the saved states: one group's buffer, for this
+#: many groups of ensemble members in turn, rather than one for all at once. Members are
 #: independent and every sum keeps its order, so the results are the same bits.
 MEMBER_GROUPS = 4
 
@@ -181,13 +181,10 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
         weight_hh = aligned_copy(tape.weight_hh)
     nothing_saved = tape.p.shape[1] != tape.hs.shape[1]
     groups = member_groups(tape.hs.shape[0], MEMBER_GROUPS) if nothing_saved else [slice(None)]
+    if nothing_saved:  # room for dL/d(pre-activation), one group's worth, reused
+        group_p = np.empty(tape.hs[groups[0]].shape[:3] + tape.p.shape[3:], tape.p.dtype)
     for group, members in enumerate(groups if tape.hs.shape[1] else []):
-        if nothing_saved:  # room for dL/d(pre-activation), and this group's dL/dh_t
-            p = np.empty(tape.hs[members].shape[:3] + tape.p.shape[3:], tape.p.dtype)
-            grad = np.ascontiguousarray(grad_hs[:, members] if grad_time_major
-                                        else grad_hs[members])
-        else:
-            p, grad = tape.p, grad_hs
+        p = group_p[:members.stop - members.start] if nothing_saved else tape.p
         if tape.x.ndim == 3:  # x shared by the members: one dL/dx that all add into
             x, gx, fresh = tape.x, grad_x, grad_x_fresh and group == 0
         else:
@@ -196,7 +193,8 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
         with single_threaded_blas():
             run_backward(tape.cell.code, tape.reverse, truncation, p, weight_hh[members],
                          tape.h0[members], tape.c0[members], tape.hs[members],
-                         tape.cs[members], grad, grad_time_major, dh0[members], dc0[members])
+                         tape.cs[members], grad_hs, grad_time_major, members.start or 0,
+                         dh0[members], dc0[members])
             parameter_and_input_gradients(
                 tape.cell.code, tape.reverse, x, p, tape.hs[members], tape.h0[members],
                 tape.weight_ih[members], gx, *(grads[name][members] for name in

@@ -179,7 +179,8 @@ def walk_backward(dtype):
     """The backward walk for ``dtype`` (launch as ``walk_forward``, with shared
     (3H + G*H [+ G*H*H]) * itemsize bytes), ``kernel(cell, reverse, truncation, p, w_hh,
     h0, c0, hs, cs, grad_hs, grad_time_major, dh0, dc0, cache_weights, log_norms)``:
-    ``kernels.sequence.sequence_backward`` on the GPU, same arguments and meaning.
+    ``kernels.sequence.sequence_backward`` on the GPU, same arguments and meaning, but
+    for ``grad_first`` (here ``grad_hs`` holds the launch's members only).
 
     With ``log_norms`` (E, B, L + 1) float64 not empty, it follows one adjoint instead:
     it records log ||(dh, dc)|| after each of the first L steps back (lag 0 = the final

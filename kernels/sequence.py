@@ -111,7 +111,7 @@ PREFETCH_STEPS = 8
 @jit
 def prefetch_step(s, n_steps, reverse, states, saved, grad_hs, grad_time_major, e, rows):
     """Prefetch the rows ``rows`` of processing step s - ``PREFETCH_STEPS`` of a
-    backward pass (of member e), if there is one."""
+    backward pass (member e of ``grad_hs``), if there is one."""
     if s >= PREFETCH_STEPS:
         t = time_index(s - PREFETCH_STEPS, n_steps, reverse)
         prefetch(states[t, rows])
@@ -121,11 +121,13 @@ def prefetch_step(s, n_steps, reverse, states, saved, grad_hs, grad_time_major, 
 
 @jit(parallel=True)
 def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_hs, grad_time_major,
-                      dh0, dc0):
+                      grad_first, dh0, dc0):
     """Backpropagate through time; the adjoint recurrence of ``sequence_forward``.
 
-    ``grad_hs`` is dL/dh_t arriving from outside at every step, (T, E, B, H) if
-    ``grad_time_major`` (the user's layout: no copy needed) else (E, T, B, H). On entry
+    ``grad_hs`` is dL/dh_t arriving from outside at every step, (T, E', B, H) if
+    ``grad_time_major`` (the user's layout: no copy needed) else (E', T, B, H), whose
+    members ``grad_first``, ... are this call's (so that a group of members needs no
+    copy of its part of the user's array). On entry
     ``dh0``/``dc0`` hold dL/dh_T, dL/dc_T of the final state; on exit dL/dh0, dL/dc0.
     ``p`` must hold what the forward pass saved; on exit it holds the gradients of the
     pre-activations (see ``kernels.cells``). With ``truncation = k > 0`` the gradient
@@ -146,8 +148,8 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
         dh_prev = np.empty(n_units, p.dtype)
         weights, saved, states, cells = w_hh[e], p[e], hs[e], cs[e]  # sliced once
         for s in range(n_steps - 1, -1, -1):
-            prefetch_step(s, n_steps, reverse, states, saved, grad_hs, grad_time_major, e,
-                          slice(b, b + 1))
+            prefetch_step(s, n_steps, reverse, states, saved, grad_hs, grad_time_major,
+                          grad_first + e, slice(b, b + 1))
             t = time_index(s, n_steps, reverse)
             if s > 0:
                 t_prev = time_index(s - 1, n_steps, reverse)
@@ -156,7 +158,8 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
             else:
                 h_prev = h0[e, b]
                 c_prev = c0[e, b]
-            grad = grad_hs[t, e, b] if grad_time_major else grad_hs[e, t, b]
+            g = grad_first + e
+            grad = grad_hs[t, g, b] if grad_time_major else grad_hs[g, t, b]
             for u in range(n_units):
                 dh[u] += grad[u]
             cell_backward(cell, saved[t, b], dh, dc, h_prev, c_prev, states[t, b], cells[t, b],
@@ -242,7 +245,7 @@ def sequence_forward_gemm(cell, reverse, x, packed_ih_t, b_ih, p, packed_hh_t, b
 
 @jit(parallel=True)
 def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, cs, grad_hs,
-                           grad_time_major, dh0, dc0):
+                           grad_time_major, grad_first, dh0, dc0):
     """``sequence_backward`` in blocks of batch rows, dh_prev += dph W_hh as one product;
     ``packed_hh`` (E, panels, G*H, width) is W_hh packed (``pack_member_panels``)."""
     n_members, n_steps, batch, _ = p.shape
@@ -256,8 +259,8 @@ def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, 
         copy_array(dh0[e, b0:b1], dh)
         copy_array(dc0[e, b0:b1], dc)
         for s in range(n_steps - 1, -1, -1):
-            prefetch_step(s, n_steps, reverse, hs[e], p[e], grad_hs, grad_time_major, e,
-                          slice(b0, b1))
+            prefetch_step(s, n_steps, reverse, hs[e], p[e], grad_hs, grad_time_major,
+                          grad_first + e, slice(b0, b1))
             t = time_index(s, n_steps, reverse)
             if s > 0:
                 t_prev = time_index(s - 1, n_steps, reverse)
@@ -266,7 +269,8 @@ def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, 
             else:
                 h_prev = h0[e, b0:b1]
                 c_prev = c0[e, b0:b1]
-            grad = grad_hs[t, e, b0:b1] if grad_time_major else grad_hs[e, t, b0:b1]
+            g = grad_first + e
+            grad = grad_hs[t, g, b0:b1] if grad_time_major else grad_hs[g, t, b0:b1]
             _step_backward_batch(cell, p[e, t, b0:b1], dh, dc, grad, h_prev, c_prev,
                                  hs[e, t, b0:b1], cs[e, t, b0:b1], dph, dh_prev)
             cut = truncation > 0 and s > 0 and s % truncation == 0
