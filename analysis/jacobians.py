@@ -20,7 +20,7 @@ import xarray as xr
 import dynamics
 from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, provenance,
                               single_cell, state_coords, state_size)
-from dynamics.layer import LayerTape, member_major_parameters, single_threaded_blas
+from dynamics.layer import LayerTape, gemm_rows, member_major_parameters, single_threaded_blas
 from dynamics.network import as_network
 from dynamics.propagation import check_states, engine
 from dynamics.validation import check_float_array, check_shape
@@ -80,7 +80,7 @@ def driven_tape(cell, drive, h0, backend="cpu"):
     no_packed_ih = np.empty((n_members, 0, 0, width), cell.dtype)
     with single_threaded_blas():
         sequence_forward_gemm(cell.code, False, no_inputs, no_packed_ih, b_ih, p, packed_hh_t,
-                              b_hh, h_init, c_init, hs, cs)
+                              b_hh, h_init, c_init, hs, cs, gemm_rows(cell.dtype, n_members, batch))
     return LayerTape(cell, False, None, w_ih, w_hh, b_hh, h_init, c_init, p, hs, cs)
 
 

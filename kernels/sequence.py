@@ -174,18 +174,13 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
         copy_into(dc, dc0[e, b])
 
 
-#: Batch rows per work item of the batched recurrence. Fixed, so that the work items do
-#: not depend on the number of threads.
-GEMM_ROWS = 16
-
-
 @jit
-def batch_block(item, batch):
-    """(member, first row, end row) of work item ``item`` over blocks of ``GEMM_ROWS``."""
-    n_blocks = (batch + GEMM_ROWS - 1) // GEMM_ROWS
+def batch_block(item, batch, block_rows):
+    """(member, first row, end row) of work item ``item`` over blocks of ``block_rows``."""
+    n_blocks = (batch + block_rows - 1) // block_rows
     e = item // n_blocks
-    b0 = (item - e * n_blocks) * GEMM_ROWS
-    return e, b0, min(b0 + GEMM_ROWS, batch)
+    b0 = (item - e * n_blocks) * block_rows
+    return e, b0, min(b0 + block_rows, batch)
 
 
 @jit(inline=True)
@@ -210,13 +205,14 @@ def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_
 
 @jit(parallel=True)
 def sequence_forward_gemm(cell, reverse, x, packed_ih_t, b_ih, p, packed_hh_t, b_hh, h0, c0,
-                          hs, cs):
+                          hs, cs, block_rows):
     """``sequence_forward`` for large weights: each work item is a block of up to
-    ``GEMM_ROWS`` sequences of one member, and each step's recurrent product for the
-    block is one product (B_block, H) x (H, G*H) that reads the weights once per four
-    sequences instead of once per sequence, with every sum in the walk's order (the
-    same bits as ``sequence_forward`` given the same input projections). Items walk
-    through time independently (no per-step synchronisation).
+    ``block_rows`` sequences of one member (``dynamics.layer.gemm_rows``), and each
+    step's recurrent product for the block is one product (B_block, H) x (H, G*H) that
+    reads the weights once per four sequences instead of once per sequence, with every
+    sum in the walk's order (the same bits as ``sequence_forward`` given the same input
+    projections, for any ``block_rows``). Items walk through time independently (no
+    per-step synchronisation).
     ``packed_hh_t`` (E, panels, H, width) is W_hh^T packed
     (``kernels.cells.pack_member_panels``). Either ``p[..., :G*H]`` holds W_ih x_t + b_ih
     on entry (``kernels.projections``; then ``packed_ih_t`` has no panels), or each
@@ -227,8 +223,8 @@ def sequence_forward_gemm(cell, reverse, x, packed_ih_t, b_ih, p, packed_hh_t, b
     n_members, n_steps, batch, _ = p.shape
     n_rows = b_hh.shape[1]
     in_step = packed_ih_t.shape[1] > 0
-    for item in prange(n_members * ((batch + GEMM_ROWS - 1) // GEMM_ROWS)):
-        e, b0, b1 = batch_block(item, batch)
+    for item in prange(n_members * ((batch + block_rows - 1) // block_rows)):
+        e, b0, b1 = batch_block(item, batch, block_rows)
         ph = np.empty((b1 - b0, n_rows), p.dtype)
         h_prev = h0[e, b0:b1]
         c_prev = c0[e, b0:b1]
@@ -245,13 +241,14 @@ def sequence_forward_gemm(cell, reverse, x, packed_ih_t, b_ih, p, packed_hh_t, b
 
 @jit(parallel=True)
 def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, cs, grad_hs,
-                           grad_time_major, grad_first, dh0, dc0):
-    """``sequence_backward`` in blocks of batch rows, dh_prev += dph W_hh as one product;
-    ``packed_hh`` (E, panels, G*H, width) is W_hh packed (``pack_member_panels``)."""
+                           grad_time_major, grad_first, dh0, dc0, block_rows):
+    """``sequence_backward`` in blocks of ``block_rows`` batch rows, dh_prev += dph W_hh
+    as one product; ``packed_hh`` (E, panels, G*H, width) is W_hh packed
+    (``pack_member_panels``)."""
     n_members, n_steps, batch, _ = p.shape
     n_units = hs.shape[3]
-    for item in prange(n_members * ((batch + GEMM_ROWS - 1) // GEMM_ROWS)):
-        e, b0, b1 = batch_block(item, batch)
+    for item in prange(n_members * ((batch + block_rows - 1) // block_rows)):
+        e, b0, b1 = batch_block(item, batch, block_rows)
         dph = np.empty((b1 - b0, packed_hh.shape[2]), p.dtype)
         dh_prev = np.empty((b1 - b0, n_units), p.dtype)
         dh = np.empty((b1 - b0, n_units), p.dtype)

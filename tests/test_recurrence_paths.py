@@ -94,3 +94,41 @@ def test_input_projections_in_the_step_are_the_same_bits(kind, steps, batch, inp
     same(h_a, h_b)
     for name in g_a:
         same(g_a[name], g_b[name], err_msg=name)
+
+
+@settings(max_examples=10, deadline=None)
+@given(kind=st.sampled_from(KINDS), steps=st.integers(1, 12), batch=st.integers(1, 20),
+       hidden=st.integers(1, 12), rows=st.integers(1, 7), ensemble=st.sampled_from([None, 3]),
+       dtype=st.sampled_from([np.float32, np.float64]), truncation=st.sampled_from([None, 2]),
+       seed=st.integers(0, 2**31))
+def test_batched_recurrence_gives_the_same_bits_in_blocks_of_any_rows(
+        kind, steps, batch, hidden, rows, ensemble, dtype, truncation, seed):
+    """``dynamics.layer.gemm_rows`` chooses the blocks of batch rows from shapes; any
+    choice, including blocks that do not divide the batch, gives the same bits."""
+    net = dynamics.Network.init(kind, 3, hidden, num_layers=2, bidirectional=True,
+                                ensemble=ensemble, seed=seed, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(steps, batch, 3)).astype(dtype)
+    results = []
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(dynamics.layer, "GEMM_MIN_WEIGHT_BYTES", 0)
+        m.setattr(dynamics.layer, "GEMM_MIN_BATCH", 1)
+        for block_rows in (dynamics.layer.GEMM_ROWS, rows):
+            m.setattr(dynamics.layer, "gemm_rows", lambda *shape: block_rows)
+            result = dynamics.forward(net, x)
+            grads = dynamics.bptt(net, x, np.cos(result.output), truncation=truncation)
+            results.append((result.output, result.h_n, grads))
+    (out_a, h_a, g_a), (out_b, h_b, g_b) = results
+    np.testing.assert_array_equal(out_a, out_b)
+    np.testing.assert_array_equal(h_a, h_b)
+    assert g_a.keys() == g_b.keys()
+    for name in g_a:
+        np.testing.assert_array_equal(g_a[name], g_b[name], err_msg=name)
+
+
+def test_float64_blocks_are_twice_as_tall_where_items_remain():
+    gemm_rows, tall = dynamics.layer.gemm_rows, 2 * dynamics.layer.GEMM_ROWS
+    assert gemm_rows(np.float64, 8, 32) == tall
+    assert gemm_rows(np.float64, 1, 256) == tall
+    assert gemm_rows(np.float64, 1, 32) == dynamics.layer.GEMM_ROWS  # keep two items
+    assert gemm_rows(np.float32, 8, 32) == dynamics.layer.GEMM_ROWS
