@@ -34,6 +34,7 @@ from kernels.householder import orthonormalise, qr_workspace, qr_workspaces
 from kernels.jacobians import (add_c_column_terms, adjoint_direct, adjoint_gates,
                                jacobian_h_columns, state_jacobian, tangent_combine)
 from kernels.memory import add_into, copy_array, copy_into, fill
+from kernels.registers import PAIR_VECTORS, VECTOR_BITS, accumulate_pair
 
 #: ``tangent_walk`` splits each network into blocks of units (all their gate rows), so
 #: that a few large networks can use every core. Blocks hold at least ``MIN_UNIT_BLOCK``
@@ -249,28 +250,29 @@ def _record_lag(rows, v, spectral, scale, lag, log_frobenius, log_spectral, log_
 
 
 @jit
-def _block_products(panel, h, q, ph, a):
-    """ph += W h and a = W q over one block of n rows of W, given as ``panel`` (H, >= n)
-    = those rows transposed, read once for both (q (H,) is the one tangent vector). As
-    in ``kernels.cells.accumulate_rows``: four panel rows per pass, every sum in the
-    order j = 0, 1, ..."""
+def pair_tile(a):
+    """Units per tile of ``_transposed_tiles``: the columns of one ``accumulate_pair``
+    for a's dtype."""
+    return PAIR_VECTORS * VECTOR_BITS // (8 * a.itemsize)
+
+
+@jit
+def _block_products(tiles, h, q, ph, a, coefficients, sums):
+    """ph += W h and a = W q over one block of n rows of W, given as ``tiles`` (n_tiles,
+    H, tile) = those rows transposed, a tile of rows at a time: each tile is read once
+    for both sums, which stay in registers over all H terms, summed in the order j = 0,
+    1, ... (``kernels.registers.accumulate_pair``). q (H,) is the one tangent vector;
+    ``coefficients`` (2, H) and ``sums`` (2, >= n_tiles * tile) are scratch."""
     n = ph.shape[0]
-    a[:] = 0.0
-    j = 0
-    while j + 4 <= h.shape[0]:
-        r0, r1, r2, r3 = panel[j, :n], panel[j + 1, :n], panel[j + 2, :n], panel[j + 3, :n]
-        h0, h1, h2, h3 = h[j], h[j + 1], h[j + 2], h[j + 3]
-        q0, q1, q2, q3 = q[j], q[j + 1], q[j + 2], q[j + 3]
-        for i in range(n):
-            ph[i] = (((ph[i] + r0[i] * h0) + r1[i] * h1) + r2[i] * h2) + r3[i] * h3
-            a[i] = (((a[i] + r0[i] * q0) + r1[i] * q1) + r2[i] * q2) + r3[i] * q3
-        j += 4
-    while j < h.shape[0]:
-        row = panel[j, :n]
-        for i in range(n):
-            ph[i] += row[i] * h[j]
-            a[i] += row[i] * q[j]
-        j += 1
+    width = tiles.shape[2]
+    copy_into(h, coefficients[0])
+    copy_into(q, coefficients[1])
+    copy_into(ph, sums[0, :n])
+    fill(sums[1, :n], 0.0)
+    for k in range(tiles.shape[0]):
+        accumulate_pair(tiles[k], coefficients, sums[:, k * width:(k + 1) * width], 0)
+    copy_into(sums[0, :n], ph)
+    copy_into(sums[1, :n], a)
 
 
 @jit
@@ -287,33 +289,44 @@ def _product_into(a, b, out):
 
 
 @jit
-def _transposed_panels(w_hh, block_size):
-    """(E, blocks, G, H, block_size): each unit block's gate rows of W_hh, transposed and
+def _transposed_tiles(w_hh, block_size):
+    """(E, blocks, G, tiles, H, tile): each unit block's gate rows of W_hh, transposed a
+    tile of ``pair_tile`` rows at a time (the last padded with zeros), each tile
     contiguous, so that ``_block_products`` streams through memory."""
     n_members, n_rows, n_units = w_hh.shape
     n_g = n_rows // n_units
     n_blocks = (n_units + block_size - 1) // block_size
-    panels = np.zeros((n_members, n_blocks, n_g, n_units, block_size), w_hh.dtype)
+    width = pair_tile(w_hh)
+    n_tiles = (block_size + width - 1) // width
+    tiles = np.zeros((n_members, n_blocks, n_g, n_tiles, n_units, width), w_hh.dtype)
     for e in range(n_members):
         for blk in range(n_blocks):
             for g in range(n_g):
                 for i in range(min(block_size, n_units - blk * block_size)):
-                    panels[e, blk, g, :, i] = w_hh[e, g * n_units + blk * block_size + i]
-    return panels
+                    row = w_hh[e, g * n_units + blk * block_size + i]
+                    tiles[e, blk, g, i // width, :, i % width] = row
+    return tiles
 
 
 @jit
-def _scratch(n_tasks, n, n_tangents, dtype):
+def _scratch(n_tasks, n, n_units, n_tangents, dtype):
     """Work arrays of ``_block_step`` for ``n_tasks`` tasks on blocks of up to n units,
-    allocated once (a tangent block is large: allocating it per step costs page faults)."""
+    allocated once (a tangent block is large: allocating it per step costs page faults);
+    with one tangent also those of ``_block_products``."""
+    pairs = n_tangents == 1
+    width = pair_tile(np.empty(0, dtype))
+    padded = (n + width - 1) // width * width if pairs else 0
     return (np.empty((n_tasks, 4 * n), dtype), np.empty((n_tasks, 4 * n), dtype),
             np.empty((n_tasks, 4 * n * n_tangents), dtype),
-            np.empty((n_tasks, LIN_ROWS, n), dtype))
+            np.empty((n_tasks, LIN_ROWS, n), dtype),
+            np.empty((n_tasks, 2, n_units if pairs else 0), dtype),
+            np.zeros((n_tasks, 2, padded), dtype))
 
 
 @jit
 def _task_scratch(scratch, task):
-    return scratch[0][task], scratch[1][task], scratch[2][task], scratch[3][task]
+    return (scratch[0][task], scratch[1][task], scratch[2][task], scratch[3][task],
+            scratch[4][task], scratch[5][task])
 
 
 @jit
@@ -337,7 +350,7 @@ def _block_step(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, s, u0
         copy_into(b_hh[first:first + n], ph[block])
         if k == 1:  # one tangent (lambda_max): W read once, for state and tangent
             _block_products(panels[g], h, q[:n_units].reshape(n_units), ph[block],
-                            a_flat[block])
+                            a_flat[block], scratch[4], scratch[5])
         else:  # many tangents (or none): a matrix product
             rows = w_hh[first:first + n]
             _product_into(rows, q[:n_units], a[block])
@@ -371,19 +384,26 @@ def _record(saved, u0, h_new, c_new, record, hs_rec, cs_rec, p_rec):
 
 
 @jit
+def _normalise(q):
+    """q <- q / ||q|| for one tangent (q (S, 1)); returns log ||q||. A tangent annihilated
+    to 0 (log -inf) restarts from e_0, as LAPACK's QR would."""
+    log_norm = _log_norm(q)
+    if log_norm > -np.inf:
+        scale = np.exp(-log_norm)
+        for i in range(q.shape[0]):
+            q[i, 0] = q[i, 0] * scale
+    else:
+        q[:] = 0.0
+        q[0, 0] = 1.0
+    return log_norm
+
+
+@jit
 def _orthonormalise(q, log_r, record, work):
     """q <- Q of q = QR; log |R_jj| into ``log_r[record]``; ``work`` is a
     ``kernels.householder.qr_workspace`` for q's shape."""
     if q.shape[1] == 1:  # a single vector: QR is normalisation
-        log_norm = _log_norm(q)
-        if log_norm > -np.inf:
-            scale = np.exp(-log_norm)
-            for i in range(q.shape[0]):
-                q[i, 0] = q[i, 0] * scale
-        else:  # the tangent was annihilated (log -inf): restart from e_0, as LAPACK would
-            q[:] = 0.0
-            q[0, 0] = 1.0
-        log_r[record, 0] = log_norm
+        log_r[record, 0] = _normalise(q)
         return
     orthonormalise(q, log_r[record], work)
 
@@ -412,6 +432,16 @@ def _renormalise(h, q, log_r, record, work):
     return True
 
 
+@jit
+def _normalised_copy(h, q, copy):
+    """copy = q normalised (``_normalise``) and log ||q||, if h and q are finite; else nan
+    (``copy`` left undefined)."""
+    if not (_all_finite(h) and _all_finite(q)):
+        return np.nan
+    copy_array(q, copy)
+    return _normalise(copy)
+
+
 @jit(parallel=True)
 def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
                  diverged, log_r, block_size, record_from, hs_rec, cs_rec, p_rec, h_before,
@@ -436,8 +466,8 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
     """
     n_members, batch, n_units = h.shape
     n_blocks = (n_units + block_size - 1) // block_size
-    # one tangent: W_hh as transposed panels for ``_block_products``, else BLAS on W_hh
-    panels = _transposed_panels(w_hh if q.shape[3] == 1 else w_hh[:, :0], block_size)
+    # one tangent: W_hh as transposed tiles for ``_block_products``, else BLAS on W_hh
+    panels = _transposed_tiles(w_hh if q.shape[3] == 1 else w_hh[:, :0], block_size)
     log_r[:] = np.nan
     if n_blocks == 1:  # whole sequences: each walks all steps with its weights in cache
         for item in prange(n_members * batch):
@@ -445,7 +475,7 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
             b = item % batch
             here = (h[e, b].copy(), c[e, b].copy(), q[e, b].copy())
             there = (np.empty_like(here[0]), np.empty_like(here[1]), np.empty_like(here[2]))
-            scratch = _task_scratch(_scratch(1, n_units, q.shape[3], h.dtype), 0)
+            scratch = _task_scratch(_scratch(1, n_units, n_units, q.shape[3], h.dtype), 0)
             work = qr_workspace(qr_workspaces(1, q.shape[2], q.shape[3], h.dtype), 0)
             for s in range(n_steps):
                 if diverged[e, b]:
@@ -471,9 +501,17 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
     h_next = np.empty_like(h)
     c_next = np.empty_like(c)
     q_next = np.empty_like(q)
-    scratch = _scratch(n_members * batch * n_blocks, block_size, q.shape[3], h.dtype)
+    scratch = _scratch(n_members * batch * n_blocks, block_size, n_units, q.shape[3],
+                       h.dtype)
     work = qr_workspaces(n_members * batch if interval > 0 else 0, q.shape[2], q.shape[3],
                          h.dtype)
+    # one tangent: the normalisation due after step s is done at step s + 1 by every block
+    # of the item, each on its own copy (the same sums: the same bits), not in a parallel
+    # pass of its own between the steps (one launch per step instead of two: float64,
+    # N = 500, QR every step, on 2 Zen 3 cores in alternating runs: 5,500 steps in 256-263
+    # ms instead of 272-289)
+    deferred = q.shape[3] == 1 and interval > 0
+    own = np.empty((n_members * batch * n_blocks if deferred else 0, q.shape[2], 1), q.dtype)
     for s in range(n_steps):  # blocks of units in parallel, step by step
         if t0 + s == record_from:
             copy_array(h, h_before)
@@ -482,22 +520,34 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
             item = task // n_blocks
             e = item // batch
             b = item % batch
-            if not diverged[e, b]:
-                u0 = (task % n_blocks) * block_size
-                u1 = min(u0 + block_size, n_units)
-                saved = _block_step(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
-                                    panels[e, task % n_blocks], b_hh[e],
-                                    0 if x.shape[0] == 1 else e, b, t0 + s, u0, u1, h[e, b],
-                                    c[e, b], q[e, b], h_next[e, b], c_next[e, b], q_next[e, b],
-                                    _task_scratch(scratch, task))
-                if hs_rec.shape[1] > 0 and t0 + s >= record_from:
-                    _record(saved, u0, h_next[e, b, u0:u1], c_next[e, b, u0:u1],
-                            t0 + s - record_from, hs_rec[e, :, b], cs_rec[e, :, b],
-                            p_rec[e, :, b])
+            if diverged[e, b]:
+                continue
+            tangents = q[e, b]
+            if deferred and s > 0 and _qr_due(s - 1, n_steps, interval):
+                tangents = own[task]
+                log_norm = _normalised_copy(h[e, b], q[e, b], tangents)
+                if task % n_blocks == 0:  # one writer per item
+                    if np.isnan(log_norm):
+                        diverged[e, b] = True
+                    else:
+                        log_r[e, b, (s - 1) // interval, 0] = log_norm
+                if np.isnan(log_norm):
+                    continue
+            u0 = (task % n_blocks) * block_size
+            u1 = min(u0 + block_size, n_units)
+            saved = _block_step(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
+                                panels[e, task % n_blocks], b_hh[e],
+                                0 if x.shape[0] == 1 else e, b, t0 + s, u0, u1, h[e, b],
+                                c[e, b], tangents, h_next[e, b], c_next[e, b], q_next[e, b],
+                                _task_scratch(scratch, task))
+            if hs_rec.shape[1] > 0 and t0 + s >= record_from:
+                _record(saved, u0, h_next[e, b, u0:u1], c_next[e, b, u0:u1],
+                        t0 + s - record_from, hs_rec[e, :, b], cs_rec[e, :, b],
+                        p_rec[e, :, b])
         h, h_next = h_next, h
         c, c_next = c_next, c
         q, q_next = q_next, q
-        if _qr_due(s, n_steps, interval):
+        if _qr_due(s, n_steps, interval) and not (deferred and s + 1 < n_steps):
             for item in prange(n_members * batch):
                 e = item // batch
                 b = item % batch
@@ -670,8 +720,8 @@ def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interv
     lin = np.empty((group, n_pieces + 1, LIN_ROWS, n_units), dtype)
     work = qr_workspaces(group, size, size, dtype)
     no_tangents = np.empty((size, 0), dtype)  # the walk's q and q_next: nothing to touch
-    no_panels = np.empty((0, n_units, 0), dtype)  # (the one-tangent path is not taken)
-    walk_scratch = _scratch(group, n_units, 0, dtype)
+    no_panels = np.empty((0, 0, n_units, 0), dtype)  # (the one-tangent path is not taken)
+    walk_scratch = _scratch(group, n_units, n_units, 0, dtype)
     log_r[:] = np.nan
     n_tasks = n_pieces + 1  # per item: the pieces of one interval, and the rest
     for first in range(0, n_items, group):

@@ -8,7 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import KINDS, examples, random_cell, seeds
+from conftest import KINDS, examples, kinds, random_cell, seeds
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -304,6 +304,39 @@ def test_lyapunov_memory_does_not_grow_with_steps():
     # one state per step (6000 * 64 * 8 bytes = 3 MB)
     records = 8 * (8000 - 2000) // 10 * 8
     assert peaks[1] - peaks[0] < 6 * records, peaks
+
+
+@examples(8)
+@given(kinds, st.sampled_from([1, 3]), st.sampled_from([np.float32, np.float64]), seeds)
+def test_one_tangent_in_blocks_of_units_gives_the_same_bits(kind, interval, dtype, seed):
+    """The largest exponent's walk split into blocks of units (as when there are more
+    threads than sequences: each block reads its tiles of W_hh once for state and
+    tangent, and normalises its own copy of the tangent at the step after the one due)
+    gives the bits of the walk over whole sequences, whatever the blocks."""
+    cell = random_cell(kind, 3, 70, seed=seed % 1000, gain=1.5, dtype=dtype)
+    x = np.random.default_rng(seed).normal(size=(25, 2, 3)).astype(dtype)
+    runs = []
+    for block in (70, 16, 40):  # whole; 5 blocks, the last of 6 units; 2 blocks
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(analysis.lyapunov, "unit_block_size", lambda n_units, n_items: block)
+            runs.append(analysis.lyapunov_spectrum(cell, x, n_exponents=1, interval=interval,
+                                                   burn_in=4, dtype=dtype))
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run.finite_time_exponents.values,
+                                      runs[0].finite_time_exponents.values)
+        assert not run.diverged.values.any()
+
+
+def test_diverging_network_is_flagged_in_blocks_of_units_too():
+    rnn = dynamics.RNN(weight_ih=np.zeros((20, 1)), weight_hh=1e200 * np.eye(20),
+                       nonlinearity="relu")
+    for block in (20, 8):
+        with pytest.MonkeyPatch.context() as m, np.errstate(over="ignore", invalid="ignore"):
+            m.setattr(analysis.lyapunov, "unit_block_size", lambda n_units, n_items: block)
+            ly = analysis.lyapunov_spectrum(rnn, steps=50, batch=2, n_exponents=1,
+                                            h0=np.ones((1, 2, 20)))
+        assert ly.diverged.values.all()
+        assert np.isnan(ly.lyapunov_exponents.values).all()
 
 
 def test_diverging_network_is_flagged():

@@ -20,7 +20,8 @@ from kernels.cells import (PAGE_BYTES, accumulate_rows,
                            terms_per_part)
 from kernels.projections import (TRANSPOSE_BLOCK, TRANSPOSED_PART_ROWS,
                                  add_transposed_product)
-from kernels.registers import PANEL_VECTORS, VECTOR_BITS, WIDE_BLOCK
+from kernels.registers import (PAIR_VECTORS, PANEL_VECTORS, VECTOR_BITS, WIDE_BLOCK,
+                               accumulate_pair)
 
 
 @numba.njit
@@ -61,6 +62,35 @@ def test_the_drawn_sizes_reach_every_block_width():
     for itemsize in (4, 8):
         lanes = VECTOR_BITS // (8 * itemsize)
         assert WIDE_BLOCK * lanes + lanes + 1 <= 300
+
+
+@numba.njit
+def pair_of_sums(rows, coefficients, out):
+    accumulate_pair(rows, coefficients, out, 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n_terms=st.integers(0, 60),
+       strided_coefficients=st.booleans(), seed=st.integers(0, 2**31))
+def test_pair_of_sums_equals_the_plain_loop_bit_for_bit(dtype, n_terms, strided_coefficients,
+                                                        seed):
+    """``accumulate_pair`` (a state and its tangent times one tile of W^T, the largest
+    Lyapunov exponent's product) gives each row the in-order bits, and the right sum."""
+    rng = np.random.default_rng(seed)
+    width = PAIR_VECTORS * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+    rows = rng.normal(size=(n_terms, width)).astype(dtype)
+    coefficients = rng.normal(size=(2, 2 * n_terms)).astype(dtype)
+    coefficients = coefficients[:, ::2] if strided_coefficients else coefficients[:, :n_terms]
+    start = rng.normal(size=(2, width)).astype(dtype)
+    got = start.copy()
+    pair_of_sums(rows, coefficients, got)
+    for r in range(2):
+        want = start[r].copy()
+        in_memory(rows, coefficients[r], want)
+        np.testing.assert_array_equal(got[r], want)
+    exact = start.astype(np.float64) + coefficients.astype(np.float64) @ rows.astype(np.float64)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, exact, rtol=tolerance, atol=tolerance * (n_terms + 1))
 
 
 @numba.njit
