@@ -14,7 +14,10 @@ def jit(function=None, *, parallel=False, inline=False):
 
     ``inline=True`` inlines it into its callers before LLVM sees them (numba's
     ``inline="always"``): for the per-unit cell arithmetic, which LLVM's own inliner
-    leaves as calls inside the callers' unit loops, so that they would not vectorise.
+    leaves as calls inside the callers' unit loops, so that they would not vectorise;
+    and for thin layers between a kernel and the products it calls: numba links each
+    compiled callee into its caller, whose module LLVM then optimises and compiles
+    again whole, so every level of calls repeats the work of all the levels below it.
     """
     decorate = numba.njit(cache=True, error_model="numpy", parallel=parallel,
                           inline="always" if inline else "never")

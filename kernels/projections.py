@@ -160,7 +160,7 @@ def add_transposed_product(d, states, out):
             add_packed_product(columns.T, packed, out[j0:j1])
 
 
-@jit
+@jit(inline=True)
 def _add_gradient_product(d, states, out):
     """out += d^T states for a parameter gradient: in register panels, every sum in order
     (``add_transposed_product``), where they beat BLAS (``PANELS_BEAT_BLAS``) or ``out``
@@ -237,7 +237,7 @@ def _input_side(cell, p, xe, e, r0, r1, gw, gb):
         _add_column_sums(d_in[:c1 - c0], gb)
 
 
-@jit
+@jit(inline=True)
 def _all_sides(reverse, p, xe, hs, h0, e, r0, r1, gw_ih, gb, gw_hh):
     """``_input_side`` and ``_hidden_side`` of a cell with d_in = d_hid (the full rows of
     p) and an input narrower than a panel, in one pass over p: each part of the rows
@@ -263,7 +263,7 @@ def _previous_states(reverse, p, h0, r0, r1):
     return shift, first_step, max(r0, first_step), min(r1, first_step + batch)
 
 
-@jit
+@jit(inline=True)
 def _add_hidden_product(reverse, p, hs, h0, e, r0, r1, gw):
     """gw += sum over rows r0:r1 of p's rows h_prev^T (member e)."""
     shift, first_step, s0, s1 = _previous_states(reverse, p, h0, r0, r1)
