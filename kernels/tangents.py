@@ -164,45 +164,48 @@ def _adjoint_rows(cell, p, weights, h0, c0, hs, cs, e, b, t, rows, rows_out):
                    rows_out[:, n_units:])
 
 
-@jit(parallel=True)
-def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_frobenius,
-                  log_spectral, log_adjoint, block_size):
-    """Norms of M P_l, where P_l = d s_(t_end) / d s_(t_end - l), l = 0..L, L + 1 =
-    ``log_frobenius.shape[2]`` (L <= t_end + 1) and M = ``start[e, b]`` (m, S): the
-    identity for the products themselves, or one adjoint vector (m = 1).
+@jit
+def _adjoint_buffers(w_hh, start):
+    """Each member's weights (``_weights_for_products``), and the adjoint rows: a copy
+    of ``start`` and a spare of its shape."""
+    here = start.copy()
+    return ([_weights_for_products(w_hh[e]) for e in range(w_hh.shape[0])], here,
+            np.empty_like(here))
 
-    M P_l = M P_(l-1) J_(t_end - l + 1) is carried backward as exp(scale) * A with A
-    rescaled to unit Frobenius norm at every lag; its rows, each an adjoint vector, are
-    advanced in blocks of ``block_size`` (``unit_block_size``) in parallel. Writes, per
-    item (e, b) and lag, in float64: ``log_frobenius`` = log ||M P_l||_F,
-    ``log_spectral`` = log ||M P_l||_2 (only if ``spectral``, an SVD per lag) and, if
-    ``v`` (E, B, S) is not empty, ``log_adjoint`` = log ||v[e, b] M P_l||. Non-finite or
-    zero products give nan or -inf from the first lag where they appear.
-    """
+
+@jit(parallel=True)
+def _adjoint_items(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_frobenius,
+                   log_spectral, log_adjoint, block_size):
+    """``adjoint_chain`` with each item running all lags on one thread, its weights in
+    cache (one block of rows)."""
+    n_members, _, batch, _ = hs.shape
+    weights, here, there = _adjoint_buffers(w_hh, start)
+    for item in prange(n_members * batch):
+        e = item // batch
+        b = item % batch
+        mine, spare = here[e, b], there[e, b]
+        my_scale = np.zeros(1)  # private: items writing one shared array would contend
+        for lag in range(log_frobenius.shape[2]):
+            if lag > 0:
+                _adjoint_rows(cell, p, weights[e], h0, c0, hs, cs, e, b, t_end - lag + 1,
+                              mine, spare)
+                mine, spare = spare, mine
+            if not _record_lag(mine, v[e, b], spectral, my_scale, lag,
+                               log_frobenius[e, b], log_spectral[e, b], log_adjoint[e, b]):
+                break
+
+
+@jit(parallel=True)
+def _adjoint_blocks(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_frobenius,
+                    log_spectral, log_adjoint, block_size):
+    """``adjoint_chain`` lag by lag, the blocks of rows of every item in parallel."""
     n_members, _, batch, _ = hs.shape
     n_items = n_members * batch
     size = start.shape[2]
     n_blocks = (size + block_size - 1) // block_size
-    weights = [_weights_for_products(w_hh[e]) for e in range(n_members)]
-    here = start.copy()
-    there = np.empty_like(here)
+    weights, here, there = _adjoint_buffers(w_hh, start)
     scale = np.zeros((n_members, batch))
     done = np.zeros((n_members, batch), np.bool_)
-    if n_blocks == 1:  # whole items: each runs all lags with its weights in cache
-        for item in prange(n_items):
-            e = item // batch
-            b = item % batch
-            mine, spare = here[e, b], there[e, b]
-            my_scale = np.zeros(1)  # private: items writing one shared array would contend
-            for lag in range(log_frobenius.shape[2]):
-                if lag > 0:
-                    _adjoint_rows(cell, p, weights[e], h0, c0, hs, cs, e, b, t_end - lag + 1,
-                                  mine, spare)
-                    mine, spare = spare, mine
-                if not _record_lag(mine, v[e, b], spectral, my_scale, lag,
-                                   log_frobenius[e, b], log_spectral[e, b], log_adjoint[e, b]):
-                    break
-        return
     for lag in range(log_frobenius.shape[2]):  # blocks of rows in parallel, lag by lag
         if lag > 0:
             for task in prange(n_items * n_blocks):
@@ -222,6 +225,29 @@ def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_
                                               scale[e:e + 1, b], lag, log_frobenius[e, b],
                                               log_spectral[e, b], log_adjoint[e, b])):
                 done[e, b] = True
+
+
+def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_frobenius,
+                  log_spectral, log_adjoint, block_size):
+    """Norms of M P_l, where P_l = d s_(t_end) / d s_(t_end - l), l = 0..L, L + 1 =
+    ``log_frobenius.shape[2]`` (L <= t_end + 1) and M = ``start[e, b]`` (m, S): the
+    identity for the products themselves, or one adjoint vector (m = 1).
+
+    M P_l = M P_(l-1) J_(t_end - l + 1) is carried backward as exp(scale) * A with A
+    rescaled to unit Frobenius norm at every lag; its rows, each an adjoint vector, are
+    advanced in blocks of ``block_size`` (``unit_block_size``) in parallel. Writes, per
+    item (e, b) and lag, in float64: ``log_frobenius`` = log ||M P_l||_F,
+    ``log_spectral`` = log ||M P_l||_2 (only if ``spectral``, an SVD per lag) and, if
+    ``v`` (E, B, S) is not empty, ``log_adjoint`` = log ||v[e, b] M P_l||. Non-finite or
+    zero products give nan or -inf from the first lag where they appear.
+
+    Where one block holds all rows, each item runs all lags on one thread
+    (``_adjoint_items``), else lag by lag with the blocks in parallel
+    (``_adjoint_blocks``): two kernels, so that a call compiles only the one it runs.
+    """
+    chain = _adjoint_items if block_size >= start.shape[2] else _adjoint_blocks
+    chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_frobenius,
+          log_spectral, log_adjoint, block_size)
 
 
 @jit
@@ -304,7 +330,8 @@ def _transposed_tiles(w_hh, block_size):
             for g in range(n_g):
                 for i in range(min(block_size, n_units - blk * block_size)):
                     row = w_hh[e, g * n_units + blk * block_size + i]
-                    tiles[e, blk, g, i // width, :, i % width] = row
+                    for j in range(n_units):  # (a loop: no broadcasting checks to compile)
+                        tiles[e, blk, g, i // width, j, i % width] = row[j]
     return tiles
 
 
@@ -443,61 +470,54 @@ def _normalised_copy(h, q, copy):
 
 
 @jit(parallel=True)
-def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
-                 diverged, log_r, block_size, record_from, hs_rec, cs_rec, p_rec, h_before,
-                 c_before):
-    """Advance states and tangents ``n_steps`` steps from input step ``t0``.
-
-    ``x`` (1 or E, T, B, D): input per step, shared by all members or per member; with
-    T = 0 the network is autonomous (x_t = 0). ``additive`` adds ``x`` (D = G*H) to the
-    pre-activations instead of multiplying by W_ih. ``w_ih`` (E, G*H, D), ``w_hh``
-    (E, G*H, H) as in torch (not transposed), ``b_ih``, ``b_hh`` (E, G*H). ``h``
-    (E, B, H), ``c`` (E, B, H or 0) and ``q`` (E, B, S, k), orthonormal columns, are
-    advanced in place, in blocks of ``block_size`` units (``unit_block_size``).
-    With ``interval`` > 0, q is re-orthonormalised by QR every ``interval`` steps and
-    after the last, and the log |R_jj| of QR number r go to ``log_r[:, :, r]``
-    (E, B, >= ceil(n_steps / interval), k) float64; an item whose state or tangents
-    stop being finite is then marked in ``diverged`` (E, B), its records left nan.
-
-    The trajectory from step ``record_from`` on is kept as a forward tape (as
-    ``kernels.sequence.sequence_forward`` leaves it) when ``hs_rec`` (E, R, B, H) has
-    R > 0 steps: states in ``hs_rec``/``cs_rec``, saved values in ``p_rec``
-    (E, R, B, saved width), and the state before it in ``h_before``/``c_before``.
-    """
+def _walk_sequences(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
+                    diverged, log_r, block_size, record_from, hs_rec, cs_rec, p_rec, h_before,
+                    c_before):
+    """``tangent_walk`` with each sequence walking all steps on one thread, its weights
+    in cache (one block of units)."""
     n_members, batch, n_units = h.shape
-    n_blocks = (n_units + block_size - 1) // block_size
     # one tangent: W_hh as transposed tiles for ``_block_products``, else BLAS on W_hh
     panels = _transposed_tiles(w_hh if q.shape[3] == 1 else w_hh[:, :0], block_size)
     log_r[:] = np.nan
-    if n_blocks == 1:  # whole sequences: each walks all steps with its weights in cache
-        for item in prange(n_members * batch):
-            e = item // batch
-            b = item % batch
-            here = (h[e, b].copy(), c[e, b].copy(), q[e, b].copy())
-            there = (np.empty_like(here[0]), np.empty_like(here[1]), np.empty_like(here[2]))
-            scratch = _task_scratch(_scratch(1, n_units, n_units, q.shape[3], h.dtype), 0)
-            work = qr_workspace(qr_workspaces(1, q.shape[2], q.shape[3], h.dtype), 0)
-            for s in range(n_steps):
-                if diverged[e, b]:
-                    break
-                if t0 + s == record_from:
-                    copy_into(here[0], h_before[e, b])
-                    copy_into(here[1], c_before[e, b])
-                saved = _block_step(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
-                                    panels[e, 0], b_hh[e], 0 if x.shape[0] == 1 else e, b,
-                                    t0 + s, 0, n_units, *here, *there, scratch)
-                here, there = there, here
-                if hs_rec.shape[1] > 0 and t0 + s >= record_from:
-                    _record(saved, 0, here[0], here[1], t0 + s - record_from, hs_rec[e, :, b],
-                            cs_rec[e, :, b], p_rec[e, :, b])
-                # (diverged is written only when it changes: items share its cache line)
-                if _qr_due(s, n_steps, interval) and not _renormalise(
-                        here[0], here[2], log_r[e, b], s // interval, work):
-                    diverged[e, b] = True
-            copy_into(here[0], h[e, b])
-            copy_into(here[1], c[e, b])
-            copy_array(here[2], q[e, b])
-        return
+    for item in prange(n_members * batch):
+        e = item // batch
+        b = item % batch
+        here = (h[e, b].copy(), c[e, b].copy(), q[e, b].copy())
+        there = (np.empty_like(here[0]), np.empty_like(here[1]), np.empty_like(here[2]))
+        scratch = _task_scratch(_scratch(1, n_units, n_units, q.shape[3], h.dtype), 0)
+        work = qr_workspace(qr_workspaces(1, q.shape[2], q.shape[3], h.dtype), 0)
+        for s in range(n_steps):
+            if diverged[e, b]:
+                break
+            if t0 + s == record_from:
+                copy_into(here[0], h_before[e, b])
+                copy_into(here[1], c_before[e, b])
+            saved = _block_step(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
+                                panels[e, 0], b_hh[e], 0 if x.shape[0] == 1 else e, b,
+                                t0 + s, 0, n_units, *here, *there, scratch)
+            here, there = there, here
+            if hs_rec.shape[1] > 0 and t0 + s >= record_from:
+                _record(saved, 0, here[0], here[1], t0 + s - record_from, hs_rec[e, :, b],
+                        cs_rec[e, :, b], p_rec[e, :, b])
+            # (diverged is written only when it changes: items share its cache line)
+            if _qr_due(s, n_steps, interval) and not _renormalise(
+                    here[0], here[2], log_r[e, b], s // interval, work):
+                diverged[e, b] = True
+        copy_into(here[0], h[e, b])
+        copy_into(here[1], c[e, b])
+        copy_array(here[2], q[e, b])
+
+
+@jit(parallel=True)
+def _walk_blocks(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
+                 diverged, log_r, block_size, record_from, hs_rec, cs_rec, p_rec, h_before,
+                 c_before):
+    """``tangent_walk`` step by step, the blocks of units of every sequence in parallel."""
+    n_members, batch, n_units = h.shape
+    # one tangent: W_hh as transposed tiles for ``_block_products``, else BLAS on W_hh
+    panels = _transposed_tiles(w_hh if q.shape[3] == 1 else w_hh[:, :0], block_size)
+    log_r[:] = np.nan
+    n_blocks = (n_units + block_size - 1) // block_size
     h_next = np.empty_like(h)
     c_next = np.empty_like(c)
     q_next = np.empty_like(q)
@@ -558,6 +578,37 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
         copy_array(h, h_next)
         copy_array(c, c_next)
         copy_array(q, q_next)
+
+
+def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
+                 diverged, log_r, block_size, record_from, hs_rec, cs_rec, p_rec, h_before,
+                 c_before):
+    """Advance states and tangents ``n_steps`` steps from input step ``t0``.
+
+    ``x`` (1 or E, T, B, D): input per step, shared by all members or per member; with
+    T = 0 the network is autonomous (x_t = 0). ``additive`` adds ``x`` (D = G*H) to the
+    pre-activations instead of multiplying by W_ih. ``w_ih`` (E, G*H, D), ``w_hh``
+    (E, G*H, H) as in torch (not transposed), ``b_ih``, ``b_hh`` (E, G*H). ``h``
+    (E, B, H), ``c`` (E, B, H or 0) and ``q`` (E, B, S, k), orthonormal columns, are
+    advanced in place, in blocks of ``block_size`` units (``unit_block_size``).
+    With ``interval`` > 0, q is re-orthonormalised by QR every ``interval`` steps and
+    after the last, and the log |R_jj| of QR number r go to ``log_r[:, :, r]``
+    (E, B, >= ceil(n_steps / interval), k) float64; an item whose state or tangents
+    stop being finite is then marked in ``diverged`` (E, B), its records left nan.
+
+    The trajectory from step ``record_from`` on is kept as a forward tape (as
+    ``kernels.sequence.sequence_forward`` leaves it) when ``hs_rec`` (E, R, B, H) has
+    R > 0 steps: states in ``hs_rec``/``cs_rec``, saved values in ``p_rec``
+    (E, R, B, saved width), and the state before it in ``h_before``/``c_before``.
+
+    Where one block holds all units, each sequence walks all steps on one thread
+    (``_walk_sequences``), else step by step with the blocks in parallel
+    (``_walk_blocks``): two kernels, so that a call compiles only the one it runs
+    (each parallel loop is compiled with all it calls, the QR included).
+    """
+    walk = _walk_sequences if block_size >= h.shape[2] else _walk_blocks
+    walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q, diverged,
+         log_r, block_size, record_from, hs_rec, cs_rec, p_rec, h_before, c_before)
 
 
 #: ``spectrum_walk`` multiplies each interval's Jacobians in pieces of about this many
