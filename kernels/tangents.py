@@ -425,7 +425,7 @@ def _normalise(q):
     return log_norm
 
 
-@jit
+@jit(inline=True)
 def _orthonormalise(q, log_r, record, work):
     """q <- Q of q = QR; log |R_jj| into ``log_r[record]``; ``work`` is a
     ``kernels.householder.qr_workspace`` for q's shape."""
