@@ -14,6 +14,7 @@ import argparse
 import gc
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -73,32 +74,70 @@ def measure(fn, repeats=5, warmup=1, min_seconds=0.0, max_seconds=None, min_repe
     took that long; such a call needs no warm-up either (a warm-up call that long is
     kept as the one sample). The garbage collector is off meanwhile, as in ``timeit``.
     """
+    return measure_interleaved({"fn": fn}, repeats, warmup, min_seconds, max_seconds,
+                               min_repeats, max_repeats, pause=0.0)["fn"]
+
+
+def measure_interleaved(functions, repeats=5, warmup=1, min_seconds=0.0, max_seconds=None,
+                        min_repeats=3, max_repeats=1000, turn_seconds=0.1, pause=0.01, seed=0):
+    """``measure`` for each of ``functions`` ({name: fn}, all doing the same work), taking
+    turns: every round gives each function still timed one turn, in a fresh random
+    order, after ``pause`` seconds of sleep (time for one runtime's spinning worker
+    threads to go idle before the next starts); a turn is one call, or as many as fit in
+    ``turn_seconds``. Returns {name: Timing}.
+
+    A shared virtual machine's speed drifts within a run: on the 2-core VM the same
+    kernel took 44 ms and 78 ms in two processes a minute apart. Timed one after another,
+    each function would see a different machine; randomised interleaved trials (Abedi and
+    Brecht, ICPE 2017) give them all the same mix of conditions, so that the ratios of
+    their medians hold even while the times do not.
+
+    >>> t = measure_interleaved({"a": lambda: sum(range(100)), "b": lambda: sum(range(9))},
+    ...                         repeats=3)
+    >>> sorted(t), t["a"].n >= 3
+    (['a', 'b'], True)
+    """
     def slow(seconds):
         return max_seconds is not None and seconds >= max_seconds
 
-    times, total = [], 0.0
+    def timed(fn):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def finished(samples):
+        total = sum(samples)
+        return (len(samples) >= max_repeats or slow(samples[-1])
+                or (slow(total) and len(samples) >= min(min_repeats, repeats))
+                or (len(samples) >= repeats and total >= min_seconds))
+
+    times = {name: [] for name in functions}
+    order, rng = list(functions), random.Random(seed)
     enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(warmup):
-            start = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - start
-            if slow(elapsed):
-                return Timing([elapsed])
-        while len(times) < max_repeats:
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-            total += times[-1]
-            if slow(times[-1]) or (slow(total) and len(times) >= min(min_repeats, repeats)):
-                break
-            if len(times) >= repeats and total >= min_seconds:
-                break
+        for name in list(order):
+            for _ in range(warmup):
+                elapsed = timed(functions[name])
+                if slow(elapsed):  # kept as the one sample
+                    times[name] = [elapsed]
+                    order.remove(name)
+                    break
+        while order:
+            rng.shuffle(order)
+            for name in list(order):
+                time.sleep(pause)
+                turn = 0.0
+                while turn < turn_seconds:
+                    times[name].append(timed(functions[name]))
+                    turn += times[name][-1]
+                    if finished(times[name]):
+                        order.remove(name)
+                        break
     finally:
         if enabled:
             gc.enable()
-    return Timing(times)
+    return {name: Timing(samples) for name, samples in times.items()}
 
 
 # -- machine reference rates --------------------------------------------------------------

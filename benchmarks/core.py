@@ -386,10 +386,10 @@ def run_case(problem, classes, config, check=None):
     warmup = 0 if check is None else 1   # the verification calls were the warm-up
     timings = {}
     for mode in ("forward", "bptt"):
-        for impl in impls:
-            timings[mode, impl.name] = common.measure(
-                getattr(impl, mode), config["repeats"], warmup, config["min_seconds"],
-                config["max_seconds"])
+        measured = common.measure_interleaved(
+            {impl.name: getattr(impl, mode) for impl in impls}, config["repeats"], warmup,
+            config["min_seconds"], config["max_seconds"])
+        timings.update(((mode, name), timing) for name, timing in measured.items())
     peak = common.peak_memory(impls[0].bptt)
     labels = " ".join(f"{k}={v}" for k, v in problem.labels.items())
     print(f"  {labels}: verified and timed in {time.perf_counter() - start:.1f} s",
@@ -548,7 +548,9 @@ def main(argv=None):
     rates = ", ".join(f"{d} {r:.1f} GFLOP/s" for d, r in gemm.items())
     print(f"numpy GEMM rate ({config['gemm_n']}^2, best of >= 3): {rates}; "
           f"copy bandwidth (1 thread, read + write): {bandwidth:.1f} GB/s")
-    print(f"timing: median of {config['repeats']} calls after a warm-up, more while they take "
+    print(f"timing: the implementations take turns in rounds of random order "
+          f"(common.measure_interleaved);\nmedian of {config['repeats']} calls after a warm-up, "
+          f"more while they take "
           f"under {config['min_seconds']} s in all, fewer (at least 3) past "
           f"{config['max_seconds']} s in all,\none (no warm-up) where a single call takes "
           f"{config['max_seconds']} s or more;"

@@ -1,5 +1,6 @@
 """Analysis benchmark: Lyapunov exponents and gradient norms against lag, ours against
-plain NumPy and torch loops doing the same work, in one run.
+plain NumPy and torch loops doing the same work, in one run, taking turns
+(``common.measure_interleaved``).
 
 Run from the repository root::
 
@@ -177,11 +178,11 @@ def torch_gradnorm(W, h0, steps, lags):
 
 def run(name, flops, implementations, repeats, check):
     """Time each implementation; return table rows (ratio = best peer / ours)."""
-    results, timings = {}, {}
-    for label, fn in implementations.items():
-        results[label] = fn()  # warm-up (compilation for ours) and the value to check
-        timings[label] = common.measure(fn, repeats=repeats, warmup=0, max_seconds=30)
+    # a first call each: the warm-up (compilation for ours) and the value to check
+    results = {label: fn() for label, fn in implementations.items()}
     check(results)
+    timings = common.measure_interleaved(implementations, repeats=repeats, warmup=0,
+                                         max_seconds=30)
     peers = [t.median for label, t in timings.items() if label != "ours"]
     best = min(peers)
     rows = []

@@ -1,5 +1,5 @@
 """Training benchmark: steps per second on the adding problem, ours against torch training
-loops doing the same work, in one run.
+loops doing the same work, in one run, taking turns (``common.measure_interleaved``).
 
 Run from the repository root::
 
@@ -21,6 +21,8 @@ float32 (what torch users train in) and float64.
 A step's FLOPs count matrix products only (``common.rnn_flops`` with backward: 3x the
 forward); GFLOP/s are compared with numpy's GEMM rate measured at the start of the run.
 """
+import functools
+
 import numpy as np
 
 import dynamics
@@ -143,11 +145,11 @@ def main(argv=None):
             for E in sizes["ensembles"]:
                 flops = common.rnn_flops(T, B, 2, H, gates, ensemble=E, backward=True)
                 net = model(cell, H, E if E > 1 else None, dtype)
-                times = {"ours": common.measure(lambda: ours(net, batches, steps), repeats=3)}
+                runs = {"ours": lambda: ours(net, batches, steps)}
                 if torch is not None:
                     for name, make in (("torch nn", torch_nn), ("torch bmm", torch_bmm)):
-                        run = make(cell, H, E, dtype, batches)
-                        times[name] = common.measure(lambda: run(steps), repeats=3)
+                        runs[name] = functools.partial(make(cell, H, E, dtype, batches), steps)
+                times = common.measure_interleaved(runs, repeats=3)
                 per_step = {k: t.median / steps for k, t in times.items()}
                 peers = {k: v for k, v in per_step.items() if k != "ours"}
                 best = min(peers, key=peers.get) if peers else None
