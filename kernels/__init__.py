@@ -15,7 +15,9 @@ and so are the linearised step (``kernels.jacobians``)::
     state_vjp(lin, w_hh, lh, lc, lh_out, lc_out)                # l J
 
 Two products that any ``@njit`` code can use too keep their partial sums in vector
-registers (``kernels.registers``) and add in a fixed order, the bits of a plain loop.
+registers (``kernels.registers``) and add in a fixed order, each term one fused
+multiply-add where the CPU has it: the bits of a plain loop of
+``kernels.registers.multiply_add``.
 Like the step functions they trust their arguments: one float dtype, ``rows`` (k, m),
 ``coefficients`` (k,), ``out`` (m,); ``a`` (n, k), ``b`` (k, m), ``out`` (n, m)::
 

@@ -28,7 +28,8 @@ from kernels.memory import aligned_buffer, any_layout, copy_into, fill
 from kernels.registers import (HALF_BLOCK, PANEL_ROWS, PANEL_VECTORS, QUARTER_BLOCK,
                                VECTOR_BITS, WIDE_BLOCK,
                                accumulate_columns, accumulate_panel, accumulate_panel_vector,
-                               accumulate_vector, accumulate_vector_from, load_vector)
+                               accumulate_vector, accumulate_vector_from, load_vector,
+                               multiply_add)
 
 RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
 CELL_CODES = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "lstm": LSTM, "gru": GRU}
@@ -96,20 +97,22 @@ def accumulate_rows(rows, coefficients, out):
 @jit
 def accumulate_rows_in_memory(rows, coefficients, out):
     """``accumulate_rows`` for any strides: four rows per pass over ``out``, each
-    ``out[i]`` still summed in the order j = 0, 1, ... (same rounding)."""
+    ``out[i]`` still summed in the order j = 0, 1, ..., each term a ``multiply_add``
+    (same rounding)."""
     n = coefficients.shape[0]
     j = 0
     while j + 4 <= n:
         a, b, c, d = coefficients[j], coefficients[j + 1], coefficients[j + 2], coefficients[j + 3]
         r0, r1, r2, r3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
         for i in range(out.shape[0]):
-            out[i] = (((out[i] + a * r0[i]) + b * r1[i]) + c * r2[i]) + d * r3[i]
+            out[i] = multiply_add(d, r3[i], multiply_add(c, r2[i], multiply_add(
+                b, r1[i], multiply_add(a, r0[i], out[i]))))
         j += 4
     while j < n:
         a = coefficients[j]
         r0 = rows[j]
         for i in range(out.shape[0]):
-            out[i] += a * r0[i]
+            out[i] = multiply_add(a, r0[i], out[i])
         j += 1
 
 
@@ -287,7 +290,7 @@ def input_matvec(w, x, bias, out):
     for i in range(w.shape[0]):
         acc = bias[i]
         for j in range(x.shape[0]):
-            acc += w[i, j] * x[j]
+            acc = multiply_add(w[i, j], x[j], acc)
         out[i] = acc
 
 

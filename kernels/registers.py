@@ -5,8 +5,9 @@ the order k = 0, 1, ..., with the partial sums held in vector registers for the 
 sum. Written in LLVM IR because LLVM does not do it by itself for numba's arrays: it
 cannot prove that ``out`` and ``rows`` do not overlap, so it stores and reloads the sums
 every few terms (and checks for overlap before every pass). Here the sums live in stack
-slots whose address never escapes, which LLVM promotes to registers. Each element sees
-the same multiplications and additions in the same order as the plain loop: the same
+slots whose address never escapes, which LLVM promotes to registers. Each term is one
+fused multiply-add where the CPU has it (``FUSED``), so each element sees the same
+operations in the same order as the plain loop written with ``multiply_add``: the same
 bits (``tests/test_registers.py``). ``kernels.cells.accumulate_rows`` (a matrix-vector
 product) and ``kernels.cells.add_product`` (a matrix product) are built on them.
 """
@@ -29,6 +30,13 @@ VECTOR_BITS = _vector_bits()
 
 #: Vector registers: 32 with AVX-512, 16 with AVX or SSE.
 VECTOR_REGISTERS = 32 if VECTOR_BITS == 512 else 16
+
+#: Whether each term is added as one fused multiply-add (rounded once), where the CPU
+#: has the instruction; else multiplied and added. Fewer instructions to issue: a
+#: float32 (16 x 256) @ (256 x 1024) product per step on each of 2 Zen 3 cores, 256
+#: steps, took 30-36 ms fused against 39-42 ms (four pairs of alternating processes).
+#: Every loop whose bits must equal these sums uses ``multiply_add`` too.
+FUSED = bool(llvm.get_host_cpu_features().get("fma"))
 
 #: Vectors of columns per block of ``kernels.cells.accumulate_rows``, widest first. The
 #: widest keeps sums in half of the registers, so one pass over the rows covers a row of
@@ -164,6 +172,32 @@ def _i32(value):
     return ir.Constant(ir.IntType(32), value)
 
 
+def _multiply_add(builder, a, b, c):
+    """LLVM IR of a * b + c (scalars or vectors): one rounding where ``FUSED``."""
+    if not FUSED:
+        return builder.fadd(builder.fmul(a, b), c)
+    scalar = a.type.element if isinstance(a.type, ir.VectorType) else a.type
+    suffix = f"f{64 if isinstance(scalar, ir.DoubleType) else 32}"
+    if isinstance(a.type, ir.VectorType):
+        suffix = f"v{a.type.count}{suffix}"
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3),
+                                         f"llvm.fma.{suffix}")
+    return builder.call(fma, [a, b, c])
+
+
+@intrinsic
+def multiply_add(typingctx, a, b, c):
+    """a * b + c, fused (rounded once) where the CPU can (``FUSED``): the scalar form of
+    every term of the sums here, for plain loops that must give their bits."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _multiply_add(builder, *args)
+
+    return a(a, b, c), codegen
+
+
 def _vector_type(context, dtype):
     return ir.VectorType(context.get_value_type(dtype), lanes(dtype))
 
@@ -228,7 +262,7 @@ def _sums_in_registers(dtype, n_rows, n_vectors, from_tuple=False):
                                            builder.load(address(coefs, offset)), _i32(0))
                 c = builder.shuffle_vector(c, ir.Constant(vector, ir.Undefined), broadcast)
                 for u in range(n_vectors):
-                    total = builder.fadd(builder.load(sums[r][u]), builder.fmul(c, values[u]))
+                    total = _multiply_add(builder, c, values[u], builder.load(sums[r][u]))
                     builder.store(total, sums[r][u])
         for r in range(n_rows):
             for u in range(n_vectors):

@@ -20,8 +20,8 @@ from kernels.cells import (PAGE_BYTES, accumulate_rows,
                            terms_per_part)
 from kernels.projections import (TRANSPOSE_BLOCK, TRANSPOSED_PART_ROWS,
                                  add_transposed_product)
-from kernels.registers import (PAIR_VECTORS, PANEL_VECTORS, VECTOR_BITS, WIDE_BLOCK,
-                               accumulate_pair)
+from kernels.registers import (FUSED, PAIR_VECTORS, PANEL_VECTORS, VECTOR_BITS, WIDE_BLOCK,
+                               accumulate_pair, multiply_add)
 
 
 @numba.njit
@@ -53,6 +53,23 @@ def test_register_sums_equal_the_plain_loop_bit_for_bit(dtype, n_rows, n_out, st
     exact = start.astype(np.float64) + coefficients.astype(np.float64) @ rows.astype(np.float64)
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, exact, rtol=tolerance, atol=tolerance * (n_rows + 1))
+
+
+@numba.njit
+def scalar_multiply_add(a, b, c):
+    return multiply_add(a, b, c)
+
+
+@pytest.mark.parametrize("dtype, k", [(np.float32, 13), (np.float64, 30)])
+def test_each_term_is_rounded_once_where_the_cpu_fuses(dtype, k):
+    """(1 + 2^-k)(1 - 2^-k) - 1 = -2^-2k exactly, which one rounding keeps; rounding the
+    product first gives 1 - 1 = 0. Scalar and register sums agree on which."""
+    a, b, c = dtype(1 + 2.0 ** -k), dtype(1 - 2.0 ** -k), dtype(-1)
+    want = dtype(-2.0 ** (-2 * k)) if FUSED else dtype(0)
+    assert scalar_multiply_add(a, b, c) == want
+    out = np.full(WIDE_BLOCK * VECTOR_BITS // (8 * np.dtype(dtype).itemsize), c, dtype)
+    in_registers(np.full((1, out.size), b, dtype), np.array([a], dtype), out)
+    np.testing.assert_array_equal(out, want)
 
 
 def test_the_drawn_sizes_reach_every_block_width():
