@@ -176,10 +176,8 @@ def _multiply_add(builder, a, b, c):
     """LLVM IR of a * b + c (scalars or vectors): one rounding where ``FUSED``."""
     if not FUSED:
         return builder.fadd(builder.fmul(a, b), c)
-    scalar = a.type.element if isinstance(a.type, ir.VectorType) else a.type
-    suffix = f"f{64 if isinstance(scalar, ir.DoubleType) else 32}"
-    if isinstance(a.type, ir.VectorType):
-        suffix = f"v{a.type.count}{suffix}"
+    vector = isinstance(a.type, ir.VectorType)
+    suffix = f"v{a.type.count}{a.type.element.intrinsic_name}" if vector else a.type.intrinsic_name
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3),
                                          f"llvm.fma.{suffix}")
     return builder.call(fma, [a, b, c])

@@ -72,6 +72,13 @@ def test_each_term_is_rounded_once_where_the_cpu_fuses(dtype, k):
     np.testing.assert_array_equal(out, want)
 
 
+@pytest.mark.parametrize("a, b, c", [(1, 2, 3), (1.0, np.float32(2), 3.0),
+                                     (np.float32(1), np.float32(2), np.float64(3))])
+def test_multiply_add_refuses_other_than_three_floats_of_one_type(a, b, c):
+    with pytest.raises(numba.core.errors.TypingError):
+        scalar_multiply_add(a, b, c)
+
+
 def test_the_drawn_sizes_reach_every_block_width():
     """The longest drawn rows reach past the widest block (a single vector and the
     overlapping last one after it) in both dtypes, shorter ones the narrower blocks, so
