@@ -11,6 +11,7 @@ machine's BLAS reaches, and prints plain-text tables with ``print_table``.
 (48, 1120)
 """
 import argparse
+import atexit
 import gc
 import os
 import platform
@@ -79,12 +80,18 @@ def measure(fn, repeats=5, warmup=1, min_seconds=0.0, max_seconds=None, min_repe
 
 
 def measure_interleaved(functions, repeats=5, warmup=1, min_seconds=0.0, max_seconds=None,
-                        min_repeats=3, max_repeats=1000, turn_seconds=0.1, pause=0.01, seed=0):
+                        min_repeats=3, max_repeats=1000, turn_seconds=0.5, pause=0.25, seed=0):
     """``measure`` for each of ``functions`` ({name: fn}, all doing the same work), taking
     turns: every round gives each function still timed one turn, in a fresh random
-    order, after ``pause`` seconds of sleep (time for one runtime's spinning worker
-    threads to go idle before the next starts); a turn is one call, or as many as fit in
+    order, after ``pause`` seconds of sleep; a turn is one call, or as many as fit in
     ``turn_seconds``. Returns {name: Timing}.
+
+    The pause lets the worker threads of the runtime that ran before go to sleep: after
+    its last product, NumPy's OpenBLAS keeps its threads spinning for 2^28 cycles (about
+    0.1 s), torch's OpenMP pool for 10-50 ms. On 2 cores they take a core from the next
+    contender: a float32 LSTM forward (H = 256, B = 32, T = 256) that takes 60 ms alone
+    took 102-157 ms right after NumPy's products, 110 ms after torch's, and with the
+    10 ms pause used before, 127 ms (median) in ``core.py``, where it now takes 61.
 
     A shared virtual machine's speed drifts within a run: on the 2-core VM the same
     kernel took 44 ms and 78 ms in two processes a minute apart. Timed one after another,
@@ -271,14 +278,38 @@ def machine_info():
     return lines
 
 
+def cpu_jiffies():
+    """(stolen, total) CPU time of all cores since boot, in jiffies, from Linux's
+    /proc/stat; None elsewhere. Stolen time is time a virtual machine's cores were ready
+    to run but the hypervisor ran something else."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return fields[7], sum(fields)
+
+
+def print_steal(start):
+    """Print the share of CPU time stolen since ``start`` (``cpu_jiffies()``)."""
+    end = cpu_jiffies()
+    if start is None or end is None or end[1] <= start[1]:
+        return
+    share = (end[0] - start[0]) / (end[1] - start[1])
+    print(f"cpu time stolen by the hypervisor during this run: {100 * share:.1f}% "
+          f"(the timings are noisier for it)", flush=True)
+
+
 def begin(script, docstring, full, quick, argv=None, torch=None):
     """Parse ``--quick``, print the run's header (script, machine) and return the sizes:
-    ``quick`` or ``full``. torch, when given, gets the machine's 2 threads."""
+    ``quick`` or ``full``. torch, when given, gets the machine's 2 threads. Run as a
+    script, the run ends with the CPU time stolen meanwhile (``print_steal``)."""
     parser = argparse.ArgumentParser(description=docstring.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     args = parser.parse_args(argv)
     if argv is None:  # run as a script, not called
         reuse_freed_memory()
+        atexit.register(print_steal, cpu_jiffies())
     if torch is not None:
         torch.set_num_threads(2)
     print(script + (" --quick" if args.quick else ""))

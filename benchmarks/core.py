@@ -534,7 +534,7 @@ def main(argv=None):
         config["repeats"] = args.repeats
     sections = args.only or ["a", "b", "jit"]
     dtypes = (args.dtype,) if args.dtype else DTYPES
-    start = time.perf_counter()
+    start, jiffies = time.perf_counter(), common.cpu_jiffies()
 
     if torch is not None:
         torch.set_num_threads(2)
@@ -581,6 +581,7 @@ def main(argv=None):
         results["sections"]["jit"] = section_jit(dtypes)
     layer = numba.threading_layer() if "a" in sections or "b" in sections else "not used"
     print(f"total {time.perf_counter() - start:.0f} s; numba threading layer: {layer}")
+    common.print_steal(jiffies)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
 

@@ -12,6 +12,7 @@ import math
 
 from kernels._jit import jit
 from kernels.fastexp import exp, exp_parts, power_of_two
+from kernels.registers import multiply_add
 
 
 @jit
@@ -39,7 +40,7 @@ def tanh(x):
     m = limit if m < limit else m  # (nan stays nan)
     k, s = exp_parts(m)
     scale = power_of_two(k)  # k in [-58, 0]
-    u = scale * s + (scale - one)
+    u = multiply_add(scale, s, scale - one)
     return math.copysign(-u / (two + u), x)
 
 
