@@ -18,6 +18,8 @@ def jit(function=None, *, parallel=False, inline=False):
     and for thin layers between a kernel and the products it calls: numba links each
     compiled callee into its caller, whose module LLVM then optimises and compiles
     again whole, so every level of calls repeats the work of all the levels below it.
+    ``parallel=True`` compiles a ``prange`` loop's body and all it calls four times:
+    large parallel work goes through ``kernels.parallel.run_items`` instead.
     """
     decorate = numba.njit(cache=True, error_model="numpy", parallel=parallel,
                           inline="always" if inline else "never")

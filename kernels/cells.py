@@ -19,12 +19,12 @@ The LSTM cell state ``c_t`` is kept beside ``h_t``; ``tanh(c_t)`` is recomputed 
 backward pass rather than stored.
 """
 import numpy as np
-from numba import prange
 from numba.extending import overload
 
 from kernels._jit import jit
 from kernels.activations import dsigmoid, drelu, dtanh, relu, sigmoid, tanh
-from kernels.memory import aligned_buffer, any_layout, copy_into, fill
+from kernels.memory import aligned_buffer, aligned_empty, any_layout, copy_into, fill
+from kernels.parallel import run_items
 from kernels.registers import (HALF_BLOCK, PANEL_ROWS, PANEL_VECTORS, QUARTER_BLOCK,
                                VECTOR_BITS, WIDE_BLOCK,
                                accumulate_columns, accumulate_panel, accumulate_panel_vector,
@@ -174,18 +174,22 @@ def pack_panels(b, width):
     return packed
 
 
-@jit(parallel=True)
 def pack_member_panels(b, width):
     """``pack_panels`` of every b[e] of a stack (E, k, m), in parallel over the panels:
     (E, panels, k, width). Each matrix is packed once per call and used for every step."""
     n_members, n_terms, n_columns = b.shape
     n_panels = (n_columns + width - 1) // width
-    packed = aligned_buffer(n_members * n_panels * n_terms * width, b).reshape(
-        (n_members, n_panels, n_terms, width))
-    for item in prange(n_members * n_panels):
-        e = item // n_panels
-        pack_panel(any_layout(b[e]), item - e * n_panels, packed[e, item - e * n_panels])
+    packed = aligned_empty((n_members, n_panels, n_terms, width), b.dtype)
+    run_items(_pack_member_panel, n_members * n_panels, b, packed)
     return packed
+
+
+@jit
+def _pack_member_panel(item, b, packed):
+    """Item ``item`` of ``pack_member_panels``: one panel of one member."""
+    e = item // packed.shape[1]
+    panel = item - e * packed.shape[1]
+    pack_panel(any_layout(b[e]), panel, packed[e, panel])
 
 
 @jit

@@ -18,7 +18,6 @@ either shared by all members, (1, T*B, D), or member-major, (E, T*B, D). Call wi
 limited to one thread (``dynamics.layer.single_threaded_blas``).
 """
 import numpy as np
-from numba import prange
 
 from kernels._jit import jit
 from kernels.blas import (add_product_transposed_by_blas, add_transposed_product_by_blas,
@@ -26,6 +25,7 @@ from kernels.blas import (add_product_transposed_by_blas, add_transposed_product
 from kernels.cells import (GRU, PAGE_BYTES, PANELS_BEAT_BLAS, add_packed_product, fits_panels,
                            pack_member_panels, pack_panels, panel_width)
 from kernels.memory import add_into, copy_into, fill
+from kernels.parallel import run_items
 
 #: Rows per product; fixed, so that every sum's grouping depends on shapes alone.
 CHUNK_ROWS = 512
@@ -65,26 +65,25 @@ def _by_blas(a, b, out):
     return not PANELS_BEAT_BLAS and rows_for_blas(a) and rows_for_blas(b) and rows_for_blas(out)
 
 
-@jit(parallel=True)
-def _project_rows(x, packed_ih_t, weight_ih, bias_ih, p):
-    """p[e, r, :G*H] = x[r] W_ih[e]^T + b_ih[e] for every member e and row r, straight
-    into ``p``, per chunk of rows: ``project_block`` from ``packed_ih_t`` (E, panels, D,
-    width) = W_ih transposed and packed, or where BLAS is faster (``PANELS_BEAT_BLAS``)
-    one BLAS product with ``weight_ih`` (E, G*H, D) (float32, H = D = 1024, 2,048 rows:
-    127-198 ms on 2 Zen 3 cores where the panels took 184-225)."""
-    n_members, n_rows, _ = p.shape
-    n_out = bias_ih.shape[1]
+@jit
+def _project_chunk(item, x, packed_ih_t, weight_ih, bias_ih, p):
+    """Item ``item`` of ``project_inputs``, one chunk of rows r of one member e:
+    p[e, r, :G*H] = x[r] W_ih[e]^T + b_ih[e], straight into ``p``, by ``project_block``
+    from ``packed_ih_t`` (E, panels, D, width) = W_ih transposed and packed, or where
+    BLAS is faster (``PANELS_BEAT_BLAS``) one BLAS product with ``weight_ih`` (E, G*H, D)
+    (float32, H = D = 1024, 2,048 rows: 127-198 ms on 2 Zen 3 cores where the panels
+    took 184-225)."""
+    n_rows, n_out = p.shape[1], bias_ih.shape[1]
     chunks = n_chunks(n_rows)
-    for item in prange(n_members * chunks):
-        e = item // chunks
-        r0, r1 = chunk_rows(item - e * chunks, n_rows)
-        rows, out = x[0 if x.shape[0] == 1 else e, r0:r1], p[e, r0:r1, :n_out]
-        if _by_blas(rows, weight_ih[e], out):
-            for r in range(out.shape[0]):
-                copy_into(bias_ih[e], out[r])
-            add_product_transposed_by_blas(rows, weight_ih[e], out)
-        else:
-            project_block(rows, packed_ih_t[e], bias_ih[e], out)
+    e = item // chunks
+    r0, r1 = chunk_rows(item - e * chunks, n_rows)
+    rows, out = x[0 if x.shape[0] == 1 else e, r0:r1], p[e, r0:r1, :n_out]
+    if _by_blas(rows, weight_ih[e], out):
+        for r in range(out.shape[0]):
+            copy_into(bias_ih[e], out[r])
+        add_product_transposed_by_blas(rows, weight_ih[e], out)
+    else:
+        project_block(rows, packed_ih_t[e], bias_ih[e], out)
 
 
 @jit
@@ -179,7 +178,6 @@ def _add_transposed(term, out):
         add_into(term[:, j], out[j])
 
 
-@jit(parallel=True)
 def weight_gradients(cell, reverse, x, p, hs, h0, grad_weight_ih, grad_bias_ih, grad_weight_hh,
                      grad_bias_hh):
     """Per member, sums over rows of dL/da times the inputs of a, into partial sums
@@ -196,27 +194,42 @@ def weight_gradients(cell, reverse, x, p, hs, h0, grad_weight_ih, grad_bias_ih, 
     than a register panel, one item does all three sums a part of the rows at a time
     (``_all_sides``), reading p from memory once instead of twice.
     """
-    n_members, n_rows, _ = p.shape
+    n_items = p.shape[0] * grad_weight_ih.shape[1] * _sides(cell, grad_weight_ih)
+    run_items(_gradient_item, n_items, cell, reverse, x, p, hs, h0, grad_weight_ih, grad_bias_ih,
+              grad_weight_hh, grad_bias_hh)
+
+
+@jit
+def _sides(cell, grad_weight_ih):
+    """Items per group of rows of ``weight_gradients``: 1 where one item does all three
+    sums (d_in = d_hid and an input narrower than a panel), else 2."""
+    return 1 if cell != GRU and not fits_panels(grad_weight_ih[0, 0]) else 2
+
+
+@jit
+def _gradient_item(item, cell, reverse, x, p, hs, h0, grad_weight_ih, grad_bias_ih,
+                   grad_weight_hh, grad_bias_hh):
+    """Item ``item`` of ``weight_gradients``: one side (or both) of one group of rows
+    of one member."""
+    n_rows = p.shape[1]
     n_groups = grad_weight_ih.shape[1]
     per_group = (n_rows + n_groups - 1) // n_groups
-    fused = cell != GRU and not fits_panels(grad_weight_ih[0, 0])
-    sides = 1 if fused else 2
-    for item in prange(n_members * n_groups * sides):
-        e = item // (sides * n_groups)
-        group = (item // sides) % n_groups
-        r0, r1 = group * per_group, min((group + 1) * per_group, n_rows)
-        if r0 >= r1:
-            continue
-        xe = x[0 if x.shape[0] == 1 else e]
-        if fused:
-            _all_sides(reverse, p, xe, hs, h0, e, r0, r1, grad_weight_ih[e, group],
-                       grad_bias_ih[e, group], grad_weight_hh[e, group])
-        elif item % 2 == 0:
-            _input_side(cell, p, xe, e, r0, r1, grad_weight_ih[e, group],
-                        grad_bias_ih[e, group])
-        else:
-            _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, grad_weight_hh[e, group],
-                         grad_bias_hh[e, group])
+    sides = _sides(cell, grad_weight_ih)
+    e = item // (sides * n_groups)
+    group = (item // sides) % n_groups
+    r0, r1 = group * per_group, min((group + 1) * per_group, n_rows)
+    if r0 >= r1:
+        return
+    xe = x[0 if x.shape[0] == 1 else e]
+    if sides == 1:
+        _all_sides(reverse, p, xe, hs, h0, e, r0, r1, grad_weight_ih[e, group],
+                   grad_bias_ih[e, group], grad_weight_hh[e, group])
+    elif item % 2 == 0:
+        _input_side(cell, p, xe, e, r0, r1, grad_weight_ih[e, group],
+                    grad_bias_ih[e, group])
+    else:
+        _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, grad_weight_hh[e, group],
+                     grad_bias_hh[e, group])
 
 
 @jit(inline=True)
@@ -297,7 +310,6 @@ def _hidden_side(cell, reverse, p, hs, h0, e, r0, r1, gw, gb):
         _add_column_sums(d_hid[:c1 - c0], gb)
 
 
-@jit(parallel=True)
 def input_gradients(p, weight_ih, packed_ih, grad_x, fresh):
     """dL/dx[r] = sum over members of W_ih[e]^T dL/d(W_ih x)[e, r], added to ``grad_x``
     (or written, if ``fresh``). ``grad_x`` (1, rows, D) is shared by all members,
@@ -305,24 +317,29 @@ def input_gradients(p, weight_ih, packed_ih, grad_x, fresh):
     from ``packed_ih`` (W_ih packed, ``kernels.cells.pack_member_panels``) where the
     input size allows (``fits_panels``) and they beat BLAS (``PANELS_BEAT_BLAS``), else
     BLAS."""
+    run_items(_input_gradient_chunk, grad_x.shape[0] * n_chunks(p.shape[1]), p, weight_ih,
+              packed_ih, grad_x, fresh)
+
+
+@jit
+def _input_gradient_chunk(item, p, weight_ih, packed_ih, grad_x, fresh):
+    """Item ``item`` of ``input_gradients``: one chunk of rows of one owner of dL/dx."""
     n_members, n_rows, _ = p.shape
     n_out = weight_ih.shape[1]
     shared = grad_x.shape[0] == 1 and n_members > 1
-    owners = grad_x.shape[0]
     chunks = n_chunks(n_rows)
-    for item in prange(owners * chunks):
-        owner = item // chunks
-        r0, r1 = chunk_rows(item - owner * chunks, n_rows)
-        first, last = (0, n_members) if shared else (owner, owner + 1)
-        out = grad_x[owner, r0:r1]
-        if PANELS_BEAT_BLAS and fits_panels(out):  # register panels, every sum in order
-            if fresh:
-                for r in range(r1 - r0):
-                    fill(out[r], 0.0)
-            for e in range(first, last):
-                add_packed_product(p[e, r0:r1, :n_out], packed_ih[e], out)
-        else:
-            _input_gradients_by_blas(p, weight_ih, first, last, r0, r1, out, fresh)
+    owner = item // chunks
+    r0, r1 = chunk_rows(item - owner * chunks, n_rows)
+    first, last = (0, n_members) if shared else (owner, owner + 1)
+    out = grad_x[owner, r0:r1]
+    if PANELS_BEAT_BLAS and fits_panels(out):  # register panels, every sum in order
+        if fresh:
+            for r in range(r1 - r0):
+                fill(out[r], 0.0)
+        for e in range(first, last):
+            add_packed_product(p[e, r0:r1, :n_out], packed_ih[e], out)
+    else:
+        _input_gradients_by_blas(p, weight_ih, first, last, r0, r1, out, fresh)
 
 
 @jit(inline=True)
@@ -358,7 +375,9 @@ def project_inputs(x, packed_ih_t, weight_ih, bias_ih, p):
     ``weight_ih`` (E, G*H, D) and ``packed_ih_t`` = W_ih^T packed
     (``kernels.cells.pack_member_panels``); ``x`` (T, B, D) shared or (E, T, B, D), ``p``
     (E, T, B, W)."""
-    _project_rows(_rows(x), packed_ih_t, weight_ih, bias_ih, _rows(p))
+    p_rows = _rows(p)
+    run_items(_project_chunk, p_rows.shape[0] * n_chunks(p_rows.shape[1]), _rows(x), packed_ih_t,
+              weight_ih, bias_ih, p_rows)
 
 
 def gradient_groups(n_members, n_rows):

@@ -27,12 +27,12 @@ reverse direction of a bidirectional layer); states are always stored at their r
 time index.
 """
 import numpy as np
-from numba import prange
 
 from kernels._jit import jit
 from kernels.cells import (add_packed_product, cell_backward, cell_forward, fits_panels,
                            pack_panels, panel_width, recurrent_matvec, transposed_matvec)
 from kernels.memory import add_into, copy_array, copy_into, fill, prefetch
+from kernels.parallel import run_items
 from kernels.projections import project_block
 
 
@@ -48,7 +48,6 @@ def time_index(step, n_steps, reverse):
 PROJECTION_STEPS = 64
 
 
-@jit(parallel=True)
 def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs, cs):
     """Run ``cell`` over the sequence ``x``: fills ``hs`` (and ``cs``) and ``p``.
 
@@ -58,47 +57,53 @@ def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs
     receives what the backward pass needs; a vanilla RNN needs nothing, and may pass
     ``p`` with T = 0. Calls BLAS: run it with BLAS single-threaded.
     """
-    n_members, n_steps, batch, _ = hs.shape
+    run_items(_forward_walk, hs.shape[0] * hs.shape[2], cell, reverse, x, w_ih_t, b_ih, p,
+              w_hh_t, b_hh, h0, c0, hs, cs)
+
+
+@jit
+def _forward_walk(item, cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs, cs):
+    """Item ``item`` of ``sequence_forward``: sequence b of member e."""
+    n_steps, batch = hs.shape[1], hs.shape[2]
     n_rows = w_hh_t.shape[2]
     keep = p.shape[1] > 0
-    for item in prange(n_members * batch):
-        e = item // batch
-        b = item - e * batch
-        # this member's arrays, sliced once (a view per step costs as much as the
-        # recurrent product of a small network)
-        inputs = x[0 if x.shape[0] == 1 else e]
-        w_ih, bias_ih, w_hh, bias_hh = w_ih_t[e], b_ih[e], w_hh_t[e], b_hh[e]
-        states, cells = hs[e], cs[e]
-        ph = np.empty(n_rows, hs.dtype)
-        chunk = np.empty((PROJECTION_STEPS, inputs.shape[2]), hs.dtype)
-        projected = np.empty((PROJECTION_STEPS, n_rows), hs.dtype)
-        panels = fits_panels(projected)  # else BLAS, and nothing to pack
-        packed_ih = pack_panels(w_ih[:, :n_rows if panels else 0], panel_width(projected))
-        h_prev = h0[e, b]
-        c_prev = c0[e, b]
-        for s0 in range(0, n_steps, PROJECTION_STEPS):
-            n = min(PROJECTION_STEPS, n_steps - s0)
+    e = item // batch
+    b = item - e * batch
+    # this member's arrays, sliced once (a view per step costs as much as the
+    # recurrent product of a small network)
+    inputs = x[0 if x.shape[0] == 1 else e]
+    w_ih, bias_ih, w_hh, bias_hh = w_ih_t[e], b_ih[e], w_hh_t[e], b_hh[e]
+    states, cells = hs[e], cs[e]
+    ph = np.empty(n_rows, hs.dtype)
+    chunk = np.empty((PROJECTION_STEPS, inputs.shape[2]), hs.dtype)
+    projected = np.empty((PROJECTION_STEPS, n_rows), hs.dtype)
+    panels = fits_panels(projected)  # else BLAS, and nothing to pack
+    packed_ih = pack_panels(w_ih[:, :n_rows if panels else 0], panel_width(projected))
+    h_prev = h0[e, b]
+    c_prev = c0[e, b]
+    for s0 in range(0, n_steps, PROJECTION_STEPS):
+        n = min(PROJECTION_STEPS, n_steps - s0)
+        for k in range(n):
+            copy_into(inputs[time_index(s0 + k, n_steps, reverse), b], chunk[k])
+        if panels:  # the sums in order, in registers
             for k in range(n):
-                copy_into(inputs[time_index(s0 + k, n_steps, reverse), b], chunk[k])
-            if panels:  # the sums in order, in registers
-                for k in range(n):
-                    copy_into(bias_ih, projected[k])
-                add_packed_product(chunk[:n], packed_ih, projected[:n])
-            else:
-                np.dot(chunk[:n], w_ih, projected[:n])
-                for k in range(n):
-                    add_into(bias_ih, projected[k])
+                copy_into(bias_ih, projected[k])
+            add_packed_product(chunk[:n], packed_ih, projected[:n])
+        else:
+            np.dot(chunk[:n], w_ih, projected[:n])
             for k in range(n):
-                t = time_index(s0 + k, n_steps, reverse)
-                row = projected[k]
-                if keep:  # the cell saves into the row: the tape's
-                    row = p[e, t, b]
-                    copy_into(projected[k], row[:n_rows])
-                h, c = states[t, b], cells[t, b]
-                recurrent_matvec(w_hh, h_prev, bias_hh, ph)
-                cell_forward(cell, row, ph, h_prev, c_prev, h, c)
-                h_prev = h
-                c_prev = c
+                add_into(bias_ih, projected[k])
+        for k in range(n):
+            t = time_index(s0 + k, n_steps, reverse)
+            row = projected[k]
+            if keep:  # the cell saves into the row: the tape's
+                row = p[e, t, b]
+                copy_into(projected[k], row[:n_rows])
+            h, c = states[t, b], cells[t, b]
+            recurrent_matvec(w_hh, h_prev, bias_hh, ph)
+            cell_forward(cell, row, ph, h_prev, c_prev, h, c)
+            h_prev = h
+            c_prev = c
 
 
 #: Steps ahead whose rows (state, saved values, incoming gradient) a backward pass asks
@@ -119,7 +124,6 @@ def prefetch_step(s, n_steps, reverse, states, saved, grad_hs, grad_time_major, 
         prefetch(grad_hs[t, e, rows] if grad_time_major else grad_hs[e, t, rows])
 
 
-@jit(parallel=True)
 def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_hs, grad_time_major,
                       grad_first, dh0, dc0):
     """Backpropagate through time; the adjoint recurrence of ``sequence_forward``.
@@ -135,43 +139,49 @@ def sequence_backward(cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_h
     processing steps (the forward state still crossed the boundary), so dL/dh0 only
     collects from the first chunk.
     """
-    n_members, n_steps, batch, _ = p.shape
-    n_units = hs.shape[3]
-    for item in prange(n_members * batch):
-        e = item // batch
-        b = item - e * batch
-        dh = np.empty(n_units, p.dtype)
-        dc = np.empty(dc0.shape[2], p.dtype)
-        copy_into(dh0[e, b], dh)
-        copy_into(dc0[e, b], dc)
-        dph = np.empty(w_hh.shape[1], p.dtype)
-        dh_prev = np.empty(n_units, p.dtype)
-        weights, saved, states, cells = w_hh[e], p[e], hs[e], cs[e]  # sliced once
-        for s in range(n_steps - 1, -1, -1):
-            prefetch_step(s, n_steps, reverse, states, saved, grad_hs, grad_time_major,
-                          grad_first + e, slice(b, b + 1))
-            t = time_index(s, n_steps, reverse)
-            if s > 0:
-                t_prev = time_index(s - 1, n_steps, reverse)
-                h_prev = states[t_prev, b]
-                c_prev = cells[t_prev, b]
-            else:
-                h_prev = h0[e, b]
-                c_prev = c0[e, b]
-            g = grad_first + e
-            grad = grad_hs[t, g, b] if grad_time_major else grad_hs[g, t, b]
-            for u in range(n_units):
-                dh[u] += grad[u]
-            cell_backward(cell, saved[t, b], dh, dc, h_prev, c_prev, states[t, b], cells[t, b],
-                          dph, dh_prev)
-            if truncation > 0 and s > 0 and s % truncation == 0:
-                fill(dh, 0.0)
-                fill(dc, 0.0)
-            else:
-                transposed_matvec(weights, dph, dh_prev)
-                copy_into(dh_prev, dh)
-        copy_into(dh, dh0[e, b])
-        copy_into(dc, dc0[e, b])
+    run_items(_backward_walk, p.shape[0] * p.shape[2], cell, reverse, truncation, p, w_hh, h0,
+              c0, hs, cs, grad_hs, grad_time_major, grad_first, dh0, dc0)
+
+
+@jit
+def _backward_walk(item, cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, grad_hs,
+                   grad_time_major, grad_first, dh0, dc0):
+    """Item ``item`` of ``sequence_backward``: sequence b of member e."""
+    n_steps, batch, n_units = p.shape[1], p.shape[2], hs.shape[3]
+    e = item // batch
+    b = item - e * batch
+    dh = np.empty(n_units, p.dtype)
+    dc = np.empty(dc0.shape[2], p.dtype)
+    copy_into(dh0[e, b], dh)
+    copy_into(dc0[e, b], dc)
+    dph = np.empty(w_hh.shape[1], p.dtype)
+    dh_prev = np.empty(n_units, p.dtype)
+    weights, saved, states, cells = w_hh[e], p[e], hs[e], cs[e]  # sliced once
+    for s in range(n_steps - 1, -1, -1):
+        prefetch_step(s, n_steps, reverse, states, saved, grad_hs, grad_time_major,
+                      grad_first + e, slice(b, b + 1))
+        t = time_index(s, n_steps, reverse)
+        if s > 0:
+            t_prev = time_index(s - 1, n_steps, reverse)
+            h_prev = states[t_prev, b]
+            c_prev = cells[t_prev, b]
+        else:
+            h_prev = h0[e, b]
+            c_prev = c0[e, b]
+        g = grad_first + e
+        grad = grad_hs[t, g, b] if grad_time_major else grad_hs[g, t, b]
+        for u in range(n_units):
+            dh[u] += grad[u]
+        cell_backward(cell, saved[t, b], dh, dc, h_prev, c_prev, states[t, b], cells[t, b],
+                      dph, dh_prev)
+        if truncation > 0 and s > 0 and s % truncation == 0:
+            fill(dh, 0.0)
+            fill(dc, 0.0)
+        else:
+            transposed_matvec(weights, dph, dh_prev)
+            copy_into(dh_prev, dh)
+    copy_into(dh, dh0[e, b])
+    copy_into(dc, dc0[e, b])
 
 
 @jit
@@ -203,7 +213,6 @@ def _step_backward_batch(cell, p, dh, dc, grad_h, h_prev, c_prev, h, c, dph, dh_
                       dh_prev[b])
 
 
-@jit(parallel=True)
 def sequence_forward_gemm(cell, reverse, x, packed_ih_t, b_ih, p, packed_hh_t, b_hh, h0, c0,
                           hs, cs, block_rows):
     """``sequence_forward`` for large weights: each work item is a block of up to
@@ -220,64 +229,76 @@ def sequence_forward_gemm(cell, reverse, x, packed_ih_t, b_ih, p, packed_hh_t, b
     width), W_ih^T packed: for few inputs, where a pass that writes p and reads it
     back costs more than the products.
     """
-    n_members, n_steps, batch, _ = p.shape
-    n_rows = b_hh.shape[1]
+    run_items(_forward_block, p.shape[0] * -(-p.shape[2] // block_rows), cell, reverse, x,
+              packed_ih_t, b_ih, p, packed_hh_t, b_hh, h0, c0, hs, cs, block_rows)
+
+
+@jit
+def _forward_block(item, cell, reverse, x, packed_ih_t, b_ih, p, packed_hh_t, b_hh, h0, c0, hs,
+                   cs, block_rows):
+    """Item ``item`` of ``sequence_forward_gemm``: a block of rows of one member."""
+    n_steps, batch, n_rows = p.shape[1], p.shape[2], b_hh.shape[1]
     in_step = packed_ih_t.shape[1] > 0
-    for item in prange(n_members * ((batch + block_rows - 1) // block_rows)):
-        e, b0, b1 = batch_block(item, batch, block_rows)
-        ph = np.empty((b1 - b0, n_rows), p.dtype)
-        h_prev = h0[e, b0:b1]
-        c_prev = c0[e, b0:b1]
-        inputs = x[0 if x.shape[0] == 1 else e]
-        for s in range(n_steps):
-            t = time_index(s, n_steps, reverse)
-            if in_step:
-                project_block(inputs[t, b0:b1], packed_ih_t[e], b_ih[e], p[e, t, b0:b1, :n_rows])
-            _step_forward_batch(cell, p[e, t, b0:b1], ph, packed_hh_t[e], b_hh[e], h_prev, c_prev,
-                                hs[e, t, b0:b1], cs[e, t, b0:b1])
-            h_prev = hs[e, t, b0:b1]
-            c_prev = cs[e, t, b0:b1]
+    e, b0, b1 = batch_block(item, batch, block_rows)
+    ph = np.empty((b1 - b0, n_rows), p.dtype)
+    h_prev = h0[e, b0:b1]
+    c_prev = c0[e, b0:b1]
+    inputs = x[0 if x.shape[0] == 1 else e]
+    for s in range(n_steps):
+        t = time_index(s, n_steps, reverse)
+        if in_step:
+            project_block(inputs[t, b0:b1], packed_ih_t[e], b_ih[e], p[e, t, b0:b1, :n_rows])
+        _step_forward_batch(cell, p[e, t, b0:b1], ph, packed_hh_t[e], b_hh[e], h_prev, c_prev,
+                            hs[e, t, b0:b1], cs[e, t, b0:b1])
+        h_prev = hs[e, t, b0:b1]
+        c_prev = cs[e, t, b0:b1]
 
 
-@jit(parallel=True)
 def sequence_backward_gemm(cell, reverse, truncation, p, packed_hh, h0, c0, hs, cs, grad_hs,
                            grad_time_major, grad_first, dh0, dc0, block_rows):
     """``sequence_backward`` in blocks of ``block_rows`` batch rows, dh_prev += dph W_hh
     as one product; ``packed_hh`` (E, panels, G*H, width) is W_hh packed
     (``pack_member_panels``)."""
-    n_members, n_steps, batch, _ = p.shape
-    n_units = hs.shape[3]
-    for item in prange(n_members * ((batch + block_rows - 1) // block_rows)):
-        e, b0, b1 = batch_block(item, batch, block_rows)
-        dph = np.empty((b1 - b0, packed_hh.shape[2]), p.dtype)
-        dh_prev = np.empty((b1 - b0, n_units), p.dtype)
-        dh = np.empty((b1 - b0, n_units), p.dtype)
-        dc = np.empty((b1 - b0, dc0.shape[2]), p.dtype)
-        copy_array(dh0[e, b0:b1], dh)
-        copy_array(dc0[e, b0:b1], dc)
-        for s in range(n_steps - 1, -1, -1):
-            prefetch_step(s, n_steps, reverse, hs[e], p[e], grad_hs, grad_time_major,
-                          grad_first + e, slice(b0, b1))
-            t = time_index(s, n_steps, reverse)
-            if s > 0:
-                t_prev = time_index(s - 1, n_steps, reverse)
-                h_prev = hs[e, t_prev, b0:b1]
-                c_prev = cs[e, t_prev, b0:b1]
+    run_items(_backward_block, p.shape[0] * -(-p.shape[2] // block_rows), cell, reverse,
+              truncation, p, packed_hh, h0, c0, hs, cs, grad_hs, grad_time_major, grad_first,
+              dh0, dc0, block_rows)
+
+
+@jit
+def _backward_block(item, cell, reverse, truncation, p, packed_hh, h0, c0, hs, cs, grad_hs,
+                    grad_time_major, grad_first, dh0, dc0, block_rows):
+    """Item ``item`` of ``sequence_backward_gemm``: a block of rows of one member."""
+    n_steps, batch, n_units = p.shape[1], p.shape[2], hs.shape[3]
+    e, b0, b1 = batch_block(item, batch, block_rows)
+    dph = np.empty((b1 - b0, packed_hh.shape[2]), p.dtype)
+    dh_prev = np.empty((b1 - b0, n_units), p.dtype)
+    dh = np.empty((b1 - b0, n_units), p.dtype)
+    dc = np.empty((b1 - b0, dc0.shape[2]), p.dtype)
+    copy_array(dh0[e, b0:b1], dh)
+    copy_array(dc0[e, b0:b1], dc)
+    for s in range(n_steps - 1, -1, -1):
+        prefetch_step(s, n_steps, reverse, hs[e], p[e], grad_hs, grad_time_major,
+                      grad_first + e, slice(b0, b1))
+        t = time_index(s, n_steps, reverse)
+        if s > 0:
+            t_prev = time_index(s - 1, n_steps, reverse)
+            h_prev = hs[e, t_prev, b0:b1]
+            c_prev = cs[e, t_prev, b0:b1]
+        else:
+            h_prev = h0[e, b0:b1]
+            c_prev = c0[e, b0:b1]
+        g = grad_first + e
+        grad = grad_hs[t, g, b0:b1] if grad_time_major else grad_hs[g, t, b0:b1]
+        _step_backward_batch(cell, p[e, t, b0:b1], dh, dc, grad, h_prev, c_prev,
+                             hs[e, t, b0:b1], cs[e, t, b0:b1], dph, dh_prev)
+        cut = truncation > 0 and s > 0 and s % truncation == 0
+        if not cut:
+            add_packed_product(dph, packed_hh[e], dh_prev)
+        for b in range(b1 - b0):
+            if cut:
+                fill(dh[b], 0.0)
+                fill(dc[b], 0.0)
             else:
-                h_prev = h0[e, b0:b1]
-                c_prev = c0[e, b0:b1]
-            g = grad_first + e
-            grad = grad_hs[t, g, b0:b1] if grad_time_major else grad_hs[g, t, b0:b1]
-            _step_backward_batch(cell, p[e, t, b0:b1], dh, dc, grad, h_prev, c_prev,
-                                 hs[e, t, b0:b1], cs[e, t, b0:b1], dph, dh_prev)
-            cut = truncation > 0 and s > 0 and s % truncation == 0
-            if not cut:
-                add_packed_product(dph, packed_hh[e], dh_prev)
-            for b in range(b1 - b0):
-                if cut:
-                    fill(dh[b], 0.0)
-                    fill(dc[b], 0.0)
-                else:
-                    copy_into(dh_prev[b], dh[b])
-        copy_array(dh, dh0[e, b0:b1])
-        copy_array(dc, dc0[e, b0:b1])
+                copy_into(dh_prev[b], dh[b])
+    copy_array(dh, dh0[e, b0:b1])
+    copy_array(dc, dc0[e, b0:b1])

@@ -122,14 +122,18 @@ def transposed_product(d, states, out):
     add_transposed_product(d, states, out)
 
 
-@numba.njit
 def packed_products(a, b, out_plain, out_members, out_product):
     """out += a @ b three ways: ``b`` packed, ``b`` packed by ``pack_member_panels`` (as
     the batched recurrence does), and ``add_product`` (``b`` in place when its rows are
     contiguous and close)."""
-    width = panel_width(out_plain)
-    add_packed_product(a, pack_panels(b, width), out_plain)
-    add_packed_product(a, pack_member_panels(b[None], width)[0], out_members)
+    _packed_products(a, b, pack_member_panels(b[None], panel_width(out_plain))[0], out_plain,
+                     out_members, out_product)
+
+
+@numba.njit
+def _packed_products(a, b, member_panels, out_plain, out_members, out_product):
+    add_packed_product(a, pack_panels(b, panel_width(out_plain)), out_plain)
+    add_packed_product(a, member_panels, out_members)
     add_product(a, b, out_product)
 
 
