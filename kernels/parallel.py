@@ -7,8 +7,8 @@ with every function it calls, four times (the loop body, numba's gufunc wrapper,
 parallel wrapper and the function around the loop, each linking the one before and
 optimising it again). Here ``item`` is compiled once per argument types (and cached
 like every kernel), and one small parallel loop calls it by its address: the cold
-compile of forward and BPTT (four cells, two dtypes) took 79 s instead of 110 on the
-2-core Zen 3. A call costs about 5 microseconds more in Python (a fingerprint of each
+compile of forward and BPTT (four cells, two dtypes) took 55-79 s instead of 110 on
+the 2-core Zen 3. A call costs about 5 microseconds more in Python (a fingerprint of each
 argument's type, to find the compiled item).
 
 Items must be independent: no two write the same memory, and none reads what another

@@ -4,9 +4,9 @@ Arrays are member-major: ``p`` (E, T, B, W), states ``hs``/``cs`` (E, T, B, H). 
 strategies, chosen by ``dynamics.layer.recurrence_kernels`` from shapes alone:
 
 - the walk (``sequence_forward``/``sequence_backward``): one work item is one sequence
-  (member e, batch element b); items run in parallel (``prange``) and each walks
-  through time on its own, with its member's weights in cache for all T steps and the
-  input projections computed on the way, a few dozen steps at a time;
+  (member e, batch element b); items run in parallel (``kernels.parallel.run_items``)
+  and each walks through time on its own, with its member's weights in cache for all T
+  steps and the input projections computed on the way, a few dozen steps at a time;
 - the batched recurrence (``*_gemm``): one work item is a fixed block of batch rows of
   one member, with one small register-blocked matrix product per step
   (``kernels.cells.add_packed_product``: the weights, packed once into contiguous
