@@ -19,21 +19,27 @@ Two kinds of kernel:
 
 States are indexed by time: ``hs[:, t]`` is s_t, the state after step t, and s_(-1) is
 the initial state; J_t = d s_t / d s_(t-1) uses what step t saved. Items (ensemble
-member e, batch element b) run in parallel; each does its own sums in a fixed order and
-calls BLAS single-threaded, so results do not depend on the thread count.
+member e, batch element b, or blocks of them) run in parallel, as plain ``@jit``
+functions compiled once (``kernels.parallel``: the cold first call of a float64 LSTM's
+largest exponent took 18 s instead of 38, of its full spectrum 26 s instead of 46, of
+its gradient norm against lag 11 s instead of 17, on the 2-core Zen 3); each does its
+own sums in a fixed order and calls BLAS single-threaded, so results do not depend on
+the thread count.
 """
+from collections import namedtuple
+
 import numba
 import numpy as np
-from numba import prange
 
 from kernels._jit import jit
 from kernels.cells import (LIN_ROWS, PANELS_BEAT_BLAS, add_packed_product, add_product,
-                           cell_forward, cell_linearisation, fits_panels, n_gates, pack_panels,
-                           panel_width, saved_width)
+                           cell_forward, cell_linearisation, fits_panels, n_gates,
+                           pack_member_panels, panel_width, saved_width)
 from kernels.householder import orthonormalise, qr_workspace, qr_workspaces
 from kernels.jacobians import (add_c_column_terms, adjoint_direct, adjoint_gates,
                                jacobian_h_columns, state_jacobian, tangent_combine)
 from kernels.memory import add_into, copy_array, copy_into, fill
+from kernels.parallel import call_address, function_address, run_items, run_steps
 from kernels.registers import PAIR_VECTORS, VECTOR_BITS, accumulate_pair
 
 #: ``tangent_walk`` splits each network into blocks of units (all their gate rows), so
@@ -72,17 +78,22 @@ def _tape_linearise(cell, tape, t, lin):
     cell_linearisation(cell, saved, h_prev, c_prev, hs[t], cs[t], lin)
 
 
-@jit(parallel=True)
 def trajectory_jacobians(cell, p, w_hh, h0, c0, hs, cs, jac):
     """jac[e, t, b] (S, S) = J_t of item (e, b), for every step of the tape."""
+    n_members, n_steps, batch, _ = hs.shape
+    run_items(_jacobian_item, n_members * n_steps * batch, cell, p, w_hh, h0, c0, hs, cs, jac)
+
+
+@jit
+def _jacobian_item(task, cell, p, w_hh, h0, c0, hs, cs, jac):
+    """Task ``task`` of ``trajectory_jacobians``: one step of one item."""
     n_members, n_steps, batch, n_units = hs.shape
-    for task in prange(n_members * n_steps * batch):
-        e = task // (n_steps * batch)
-        t = (task // batch) % n_steps
-        b = task % batch
-        lin = np.empty((LIN_ROWS, n_units), hs.dtype)
-        _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin)
-        state_jacobian(lin, w_hh[e], jac[e, t, b])
+    e = task // (n_steps * batch)
+    t = (task // batch) % n_steps
+    b = task % batch
+    lin = np.empty((LIN_ROWS, n_units), hs.dtype)
+    _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin)
+    state_jacobian(lin, w_hh[e], jac[e, t, b])
 
 
 def column_blocks(n_columns, n_items, dtype):
@@ -103,28 +114,33 @@ def _column_block(block, n_blocks, n_columns, width):
     return c0, n_columns if block == n_blocks - 1 else (block + 1) * n_panels // n_blocks * width
 
 
-@jit(parallel=True)
 def tangent_chain(cell, p, w_hh, h0, c0, hs, cs, t_from, t_to, q, n_blocks):
     """q[e, b] (S, k) <- J_(t_to) ... J_(t_from + 1) q[e, b]; -1 <= t_from <= t_to < T.
     Each item's k tangents go in ``n_blocks`` blocks of columns in parallel
     (``column_blocks``)."""
-    n_members, _, batch, n_units = hs.shape
-    n_columns = q.shape[3]
-    for task in prange(n_members * batch * n_blocks):
-        e = task // (batch * n_blocks)
-        b = (task // n_blocks) % batch
-        first, end = _column_block(task % n_blocks, n_blocks, n_columns, panel_width(q))
-        lin = np.empty((LIN_ROWS, n_units), hs.dtype)
-        here = np.ascontiguousarray(q[e, b, :, first:end])
-        there = np.empty_like(here)
-        a = np.empty((w_hh.shape[1], end - first), hs.dtype)
-        for t in range(t_from + 1, t_to + 1):
-            _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin)
-            _product_into(w_hh[e], here[:n_units], a)
-            tangent_combine(lin, a, here[:n_units], here[n_units:], there[:n_units],
-                            there[n_units:])
-            here, there = there, here
-        q[e, b, :, first:end] = here
+    n_members, _, batch, _ = hs.shape
+    run_items(_chain_task, n_members * batch * n_blocks, cell, p, w_hh, h0, c0, hs, cs, t_from,
+              t_to, q, n_blocks)
+
+
+@jit
+def _chain_task(task, cell, p, w_hh, h0, c0, hs, cs, t_from, t_to, q, n_blocks):
+    """Task ``task`` of ``tangent_chain``: one block of columns of one item."""
+    batch, n_units = hs.shape[2], hs.shape[3]
+    e = task // (batch * n_blocks)
+    b = (task // n_blocks) % batch
+    first, end = _column_block(task % n_blocks, n_blocks, q.shape[3], panel_width(q))
+    lin = np.empty((LIN_ROWS, n_units), hs.dtype)
+    here = np.ascontiguousarray(q[e, b, :, first:end])
+    there = np.empty_like(here)
+    a = np.empty((w_hh.shape[1], end - first), hs.dtype)
+    for t in range(t_from + 1, t_to + 1):
+        _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin)
+        _product_into(w_hh[e], here[:n_units], a)
+        tangent_combine(lin, a, here[:n_units], here[n_units:], there[:n_units],
+                        there[n_units:])
+        here, there = there, here
+    q[e, b, :, first:end] = here
 
 
 @jit
@@ -136,95 +152,12 @@ def _log_norm(m):
     return 0.5 * np.log(total)
 
 
-@jit
-def _weights_for_products(w):
-    """W_hh as ``_adjoint_rows`` multiplies by it at every lag: packed once for register
-    panels (``kernels.cells.pack_panels``), or as it is where BLAS is faster
-    (``kernels.cells.PANELS_BEAT_BLAS``)."""
-    if PANELS_BEAT_BLAS:
-        return pack_panels(w, panel_width(w))
-    return np.ascontiguousarray(w)
-
-
-@jit
-def _adjoint_rows(cell, p, weights, h0, c0, hs, cs, e, b, t, rows, rows_out):
-    """rows_out = rows J_t for a block of adjoint rows (m, S) of item (e, b), given its
-    member's W_hh from ``_weights_for_products``."""
-    n_units = hs.shape[3]
-    lin = np.empty((LIN_ROWS, n_units), hs.dtype)
-    _linearise(cell, p, hs, cs, h0, c0, e, t, b, lin)
-    gates = np.empty((rows.shape[0], weights.shape[-2]), hs.dtype)
-    adjoint_gates(lin, rows[:, :n_units], rows[:, n_units:], gates)
-    through_w = np.zeros((rows.shape[0], n_units), hs.dtype)
-    if PANELS_BEAT_BLAS:
-        add_packed_product(gates, weights, through_w)
-    else:
-        np.dot(gates, weights, through_w)
-    adjoint_direct(lin, rows[:, :n_units], rows[:, n_units:], through_w, rows_out[:, :n_units],
-                   rows_out[:, n_units:])
-
-
-@jit
-def _adjoint_buffers(w_hh, start):
-    """Each member's weights (``_weights_for_products``), and the adjoint rows: a copy
-    of ``start`` and a spare of its shape."""
-    here = start.copy()
-    return ([_weights_for_products(w_hh[e]) for e in range(w_hh.shape[0])], here,
-            np.empty_like(here))
-
-
-@jit(parallel=True)
-def _adjoint_items(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_frobenius,
-                   log_spectral, log_adjoint, block_size):
-    """``adjoint_chain`` with each item running all lags on one thread, its weights in
-    cache (one block of rows)."""
-    n_members, _, batch, _ = hs.shape
-    weights, here, there = _adjoint_buffers(w_hh, start)
-    for item in prange(n_members * batch):
-        e = item // batch
-        b = item % batch
-        mine, spare = here[e, b], there[e, b]
-        my_scale = np.zeros(1)  # private: items writing one shared array would contend
-        for lag in range(log_frobenius.shape[2]):
-            if lag > 0:
-                _adjoint_rows(cell, p, weights[e], h0, c0, hs, cs, e, b, t_end - lag + 1,
-                              mine, spare)
-                mine, spare = spare, mine
-            if not _record_lag(mine, v[e, b], spectral, my_scale, lag,
-                               log_frobenius[e, b], log_spectral[e, b], log_adjoint[e, b]):
-                break
-
-
-@jit(parallel=True)
-def _adjoint_blocks(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_frobenius,
-                    log_spectral, log_adjoint, block_size):
-    """``adjoint_chain`` lag by lag, the blocks of rows of every item in parallel."""
-    n_members, _, batch, _ = hs.shape
-    n_items = n_members * batch
-    size = start.shape[2]
-    n_blocks = (size + block_size - 1) // block_size
-    weights, here, there = _adjoint_buffers(w_hh, start)
-    scale = np.zeros((n_members, batch))
-    done = np.zeros((n_members, batch), np.bool_)
-    for lag in range(log_frobenius.shape[2]):  # blocks of rows in parallel, lag by lag
-        if lag > 0:
-            for task in prange(n_items * n_blocks):
-                e = task // (n_blocks * batch)
-                b = (task // n_blocks) % batch
-                r0 = (task % n_blocks) * block_size
-                r1 = min(r0 + block_size, size)
-                if not done[e, b]:
-                    _adjoint_rows(cell, p, weights[e], h0, c0, hs, cs, e, b,
-                                  t_end - lag + 1, here[e, b, r0:r1], there[e, b, r0:r1])
-            here, there = there, here
-        for item in prange(n_items):
-            e = item // batch
-            b = item % batch
-            # (done is written only when it changes: items share its cache line)
-            if not (done[e, b] or _record_lag(here[e, b], v[e, b], spectral,
-                                              scale[e:e + 1, b], lag, log_frobenius[e, b],
-                                              log_spectral[e, b], log_adjoint[e, b])):
-                done[e, b] = True
+#: ``adjoint_chain``'s arguments and work arrays, as its items receive them: ``weights``
+#: (E, ...) each member's W_hh as ``_adjoint_rows`` multiplies by it, ``rows`` (2, E, B,
+#: m, S) the adjoint rows of each lag, in the half of the lag's parity, ``scale`` and
+#: ``done`` (E, B) the log scale of each item's rows and whether it has stopped.
+AdjointChain = namedtuple("AdjointChain", "cell p weights h0 c0 hs cs t_end rows v spectral "
+                          "log_frobenius log_spectral log_adjoint block_size scale done")
 
 
 def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_frobenius,
@@ -241,13 +174,94 @@ def adjoint_chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_
     ``v`` (E, B, S) is not empty, ``log_adjoint`` = log ||v[e, b] M P_l||. Non-finite or
     zero products give nan or -inf from the first lag where they appear.
 
-    Where one block holds all rows, each item runs all lags on one thread
-    (``_adjoint_items``), else lag by lag with the blocks in parallel
-    (``_adjoint_blocks``): two kernels, so that a call compiles only the one it runs.
+    Where one block holds all rows, each item runs all lags on one thread, its weights
+    in cache (``_adjoint_item``), else lag by lag with the blocks in parallel
+    (``_adjoint_block``, then ``_record_item``).
     """
-    chain = _adjoint_items if block_size >= start.shape[2] else _adjoint_blocks
-    chain(cell, p, w_hh, h0, c0, hs, cs, t_end, start, v, spectral, log_frobenius,
-          log_spectral, log_adjoint, block_size)
+    n_members, _, batch, _ = hs.shape
+    # W_hh packed once for register panels, or as it is where BLAS is faster
+    weights = (pack_member_panels(w_hh, panel_width(w_hh)) if PANELS_BEAT_BLAS
+               else np.ascontiguousarray(w_hh))
+    rows = np.empty((2,) + start.shape, start.dtype)
+    rows[0] = start
+    chain = AdjointChain(cell, p, weights, h0, c0, hs, cs, t_end, rows, v, spectral,
+                         log_frobenius, log_spectral, log_adjoint, block_size,
+                         np.zeros((n_members, batch)), np.zeros((n_members, batch), np.bool_))
+    n_items = n_members * batch
+    if block_size >= start.shape[2]:
+        run_items(_adjoint_item, n_items, chain)
+        return
+    n_blocks = -(-start.shape[2] // block_size)
+    run_items(_record_item, n_items, 0, chain)
+    run_steps(_adjoint_block, n_items * n_blocks, 1, log_frobenius.shape[2], chain,
+              finish=_record_item, n_finish_items=n_items, every=1)
+
+
+@jit
+def _adjoint_rows(chain, e, b, lag, rows, rows_out):
+    """rows_out = rows J_t, t = t_end - lag + 1, for a block of adjoint rows (m, S) of
+    item (e, b)."""
+    n_units = chain.hs.shape[3]
+    weights = chain.weights[e]
+    lin = np.empty((LIN_ROWS, n_units), rows.dtype)
+    _linearise(chain.cell, chain.p, chain.hs, chain.cs, chain.h0, chain.c0, e,
+               chain.t_end - lag + 1, b, lin)
+    gates = np.empty((rows.shape[0], weights.shape[-2]), rows.dtype)
+    adjoint_gates(lin, rows[:, :n_units], rows[:, n_units:], gates)
+    through_w = np.zeros((rows.shape[0], n_units), rows.dtype)
+    if PANELS_BEAT_BLAS:
+        add_packed_product(gates, weights, through_w)
+    else:
+        np.dot(gates, weights, through_w)
+    adjoint_direct(lin, rows[:, :n_units], rows[:, n_units:], through_w, rows_out[:, :n_units],
+                   rows_out[:, n_units:])
+
+
+@jit
+def _adjoint_item(item, chain):
+    """Item ``item`` of ``adjoint_chain`` when one block holds all rows: all lags."""
+    batch = chain.hs.shape[2]
+    e = item // batch
+    b = item % batch
+    mine, spare = chain.rows[0, e, b], chain.rows[1, e, b]
+    my_scale = np.zeros(1)  # private: items writing one shared array would contend
+    for lag in range(chain.log_frobenius.shape[2]):
+        if lag > 0:
+            _adjoint_rows(chain, e, b, lag, mine, spare)
+            mine, spare = spare, mine
+        if not _record_lag(mine, chain.v[e, b], chain.spectral, my_scale, lag,
+                           chain.log_frobenius[e, b], chain.log_spectral[e, b],
+                           chain.log_adjoint[e, b]):
+            break
+
+
+@jit
+def _adjoint_block(task, lag, chain):
+    """Task ``task`` of lag ``lag`` of ``adjoint_chain``: one block of one item's rows."""
+    batch, size, block_size = chain.hs.shape[2], chain.rows.shape[3], chain.block_size
+    n_blocks = (size + block_size - 1) // block_size
+    e = task // (n_blocks * batch)
+    b = (task // n_blocks) % batch
+    r0 = (task % n_blocks) * block_size
+    r1 = min(r0 + block_size, size)
+    if not chain.done[e, b]:
+        _adjoint_rows(chain, e, b, lag, chain.rows[(lag - 1) % 2, e, b, r0:r1],
+                      chain.rows[lag % 2, e, b, r0:r1])
+
+
+@jit
+def _record_item(item, lag, chain):
+    """``_record_lag`` of lag ``lag`` of item ``item`` of ``adjoint_chain``."""
+    batch = chain.hs.shape[2]
+    e = item // batch
+    b = item % batch
+    # (done is written only when it changes: items share its cache line)
+    if not (chain.done[e, b] or _record_lag(chain.rows[lag % 2, e, b], chain.v[e, b],
+                                            chain.spectral, chain.scale[e, b:b + 1], lag,
+                                            chain.log_frobenius[e, b],
+                                            chain.log_spectral[e, b],
+                                            chain.log_adjoint[e, b])):
+        chain.done[e, b] = True
 
 
 @jit
@@ -425,14 +439,32 @@ def _normalise(q):
     return log_norm
 
 
+def qr_sets(n, q, log_r):
+    """(address, work): ``kernels.householder.orthonormalise`` compiled for tangents like
+    q's (E, B, S, k) and records like ``log_r``'s (E, B, R, k), and ``n`` sets of its work
+    arrays. ``_orthonormalise`` calls it by address: compiled once, not again into every
+    kernel that QRs (a third of a cold first Lyapunov exponent's compile went to the QR
+    that it linked in), and not at all for one tangent, whose QR is a normalisation (then
+    the address is 0)."""
+    if not (q.flags.c_contiguous and log_r.flags.c_contiguous):
+        raise ValueError("tangents and their records must be C-contiguous arrays")
+    work = qr_workspaces(n, q.shape[2], q.shape[3], q.dtype)
+    if q.shape[3] == 1:
+        return 0, work
+    one = qr_workspaces(1, q.shape[2], q.shape[3], q.dtype)  # (arguments of its types)
+    return function_address(orthonormalise, (one[0][0], np.empty(q.shape[3]),
+                                             tuple(a[0] for a in one))), work
+
+
 @jit(inline=True)
-def _orthonormalise(q, log_r, record, work):
-    """q <- Q of q = QR; log |R_jj| into ``log_r[record]``; ``work`` is a
-    ``kernels.householder.qr_workspace`` for q's shape."""
+def _orthonormalise(q, log_r, record, sets, i):
+    """q <- Q of q = QR; log |R_jj| into ``log_r[record]``; by the QR of ``sets``
+    (``qr_sets``) with its work set i."""
     if q.shape[1] == 1:  # a single vector: QR is normalisation
         log_r[record, 0] = _normalise(q)
         return
-    orthonormalise(q, log_r[record], work)
+    qr, work = sets
+    call_address(qr, (q, log_r[record], qr_workspace(work, i)))
 
 
 @jit
@@ -451,11 +483,12 @@ def _all_finite(a):
 
 
 @jit
-def _renormalise(h, q, log_r, record, work):
-    """QR of the tangents q if state and tangents are finite (then True), else False."""
+def _renormalise(h, q, log_r, record, sets, i):
+    """QR of the tangents q (``_orthonormalise``) if state and tangents are finite (then
+    True), else False."""
     if not (_all_finite(h) and _all_finite(q)):
         return False
-    _orthonormalise(q, log_r, record, work)
+    _orthonormalise(q, log_r, record, sets, i)
     return True
 
 
@@ -469,115 +502,10 @@ def _normalised_copy(h, q, copy):
     return _normalise(copy)
 
 
-@jit(parallel=True)
-def _walk_sequences(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
-                    diverged, log_r, block_size, record_from, hs_rec, cs_rec, p_rec, h_before,
-                    c_before):
-    """``tangent_walk`` with each sequence walking all steps on one thread, its weights
-    in cache (one block of units)."""
-    n_members, batch, n_units = h.shape
-    # one tangent: W_hh as transposed tiles for ``_block_products``, else BLAS on W_hh
-    panels = _transposed_tiles(w_hh if q.shape[3] == 1 else w_hh[:, :0], block_size)
-    log_r[:] = np.nan
-    for item in prange(n_members * batch):
-        e = item // batch
-        b = item % batch
-        here = (h[e, b].copy(), c[e, b].copy(), q[e, b].copy())
-        there = (np.empty_like(here[0]), np.empty_like(here[1]), np.empty_like(here[2]))
-        scratch = _task_scratch(_scratch(1, n_units, n_units, q.shape[3], h.dtype), 0)
-        work = qr_workspace(qr_workspaces(1, q.shape[2], q.shape[3], h.dtype), 0)
-        for s in range(n_steps):
-            if diverged[e, b]:
-                break
-            if t0 + s == record_from:
-                copy_into(here[0], h_before[e, b])
-                copy_into(here[1], c_before[e, b])
-            saved = _block_step(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
-                                panels[e, 0], b_hh[e], 0 if x.shape[0] == 1 else e, b,
-                                t0 + s, 0, n_units, *here, *there, scratch)
-            here, there = there, here
-            if hs_rec.shape[1] > 0 and t0 + s >= record_from:
-                _record(saved, 0, here[0], here[1], t0 + s - record_from, hs_rec[e, :, b],
-                        cs_rec[e, :, b], p_rec[e, :, b])
-            # (diverged is written only when it changes: items share its cache line)
-            if _qr_due(s, n_steps, interval) and not _renormalise(
-                    here[0], here[2], log_r[e, b], s // interval, work):
-                diverged[e, b] = True
-        copy_into(here[0], h[e, b])
-        copy_into(here[1], c[e, b])
-        copy_array(here[2], q[e, b])
-
-
-@jit(parallel=True)
-def _walk_blocks(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
-                 diverged, log_r, block_size, record_from, hs_rec, cs_rec, p_rec, h_before,
-                 c_before):
-    """``tangent_walk`` step by step, the blocks of units of every sequence in parallel."""
-    n_members, batch, n_units = h.shape
-    # one tangent: W_hh as transposed tiles for ``_block_products``, else BLAS on W_hh
-    panels = _transposed_tiles(w_hh if q.shape[3] == 1 else w_hh[:, :0], block_size)
-    log_r[:] = np.nan
-    n_blocks = (n_units + block_size - 1) // block_size
-    h_next = np.empty_like(h)
-    c_next = np.empty_like(c)
-    q_next = np.empty_like(q)
-    scratch = _scratch(n_members * batch * n_blocks, block_size, n_units, q.shape[3],
-                       h.dtype)
-    work = qr_workspaces(n_members * batch if interval > 0 else 0, q.shape[2], q.shape[3],
-                         h.dtype)
-    # one tangent: the normalisation due after step s is done at step s + 1 by every block
-    # of the item, each on its own copy (the same sums: the same bits), not in a parallel
-    # pass of its own between the steps (one launch per step instead of two: float64,
-    # N = 500, QR every step, on 2 Zen 3 cores in alternating runs: 5,500 steps in 256-263
-    # ms instead of 272-289)
-    deferred = q.shape[3] == 1 and interval > 0
-    own = np.empty((n_members * batch * n_blocks if deferred else 0, q.shape[2], 1), q.dtype)
-    for s in range(n_steps):  # blocks of units in parallel, step by step
-        if t0 + s == record_from:
-            copy_array(h, h_before)
-            copy_array(c, c_before)
-        for task in prange(n_members * batch * n_blocks):
-            item = task // n_blocks
-            e = item // batch
-            b = item % batch
-            if diverged[e, b]:
-                continue
-            tangents = q[e, b]
-            if deferred and s > 0 and _qr_due(s - 1, n_steps, interval):
-                tangents = own[task]
-                log_norm = _normalised_copy(h[e, b], q[e, b], tangents)
-                if task % n_blocks == 0:  # one writer per item
-                    if np.isnan(log_norm):
-                        diverged[e, b] = True
-                    else:
-                        log_r[e, b, (s - 1) // interval, 0] = log_norm
-                if np.isnan(log_norm):
-                    continue
-            u0 = (task % n_blocks) * block_size
-            u1 = min(u0 + block_size, n_units)
-            saved = _block_step(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
-                                panels[e, task % n_blocks], b_hh[e],
-                                0 if x.shape[0] == 1 else e, b, t0 + s, u0, u1, h[e, b],
-                                c[e, b], tangents, h_next[e, b], c_next[e, b], q_next[e, b],
-                                _task_scratch(scratch, task))
-            if hs_rec.shape[1] > 0 and t0 + s >= record_from:
-                _record(saved, u0, h_next[e, b, u0:u1], c_next[e, b, u0:u1],
-                        t0 + s - record_from, hs_rec[e, :, b], cs_rec[e, :, b],
-                        p_rec[e, :, b])
-        h, h_next = h_next, h
-        c, c_next = c_next, c
-        q, q_next = q_next, q
-        if _qr_due(s, n_steps, interval) and not (deferred and s + 1 < n_steps):
-            for item in prange(n_members * batch):
-                e = item // batch
-                b = item % batch
-                if not (diverged[e, b] or _renormalise(h[e, b], q[e, b], log_r[e, b],
-                                                       s // interval, qr_workspace(work, item))):
-                    diverged[e, b] = True
-    if n_steps % 2 == 1:  # the latest values are in the scratch arrays: copy them back
-        copy_array(h, h_next)
-        copy_array(c, c_next)
-        copy_array(q, q_next)
+#: What the items of ``tangent_walk`` and ``spectrum_walk`` receive of their arguments
+#: (see ``tangent_walk``), with ``panels`` W_hh as ``_transposed_tiles`` made them.
+Walk = namedtuple("Walk", "cell x additive w_ih b_ih w_hh panels b_hh t0 n_steps interval "
+                  "diverged log_r record_from hs_rec cs_rec p_rec h_before c_before")
 
 
 def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
@@ -601,14 +529,135 @@ def tangent_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interva
     R > 0 steps: states in ``hs_rec``/``cs_rec``, saved values in ``p_rec``
     (E, R, B, saved width), and the state before it in ``h_before``/``c_before``.
 
-    Where one block holds all units, each sequence walks all steps on one thread
-    (``_walk_sequences``), else step by step with the blocks in parallel
-    (``_walk_blocks``): two kernels, so that a call compiles only the one it runs
-    (each parallel loop is compiled with all it calls, the QR included).
+    Where one block holds all units, each sequence walks all steps on one thread, its
+    weights in cache (``_walk_sequence``), else step by step with the blocks in parallel
+    (``_walk_block``, and ``_walk_qr`` after the steps that end with a QR).
     """
-    walk = _walk_sequences if block_size >= h.shape[2] else _walk_blocks
-    walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q, diverged,
-         log_r, block_size, record_from, hs_rec, cs_rec, p_rec, h_before, c_before)
+    # one tangent: W_hh as transposed tiles for ``_block_products``, else BLAS on W_hh
+    panels = _transposed_tiles(w_hh if q.shape[3] == 1 else w_hh[:, :0], block_size)
+    log_r[:] = np.nan
+    walk = Walk(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, t0, n_steps, interval,
+                diverged, log_r, record_from, hs_rec, cs_rec, p_rec, h_before, c_before)
+    n_members, batch, n_units = h.shape
+    if block_size >= n_units:
+        run_items(_walk_sequence, n_members * batch, walk, h, c, q, qr_sets(0, q, log_r))
+        return
+    n_tasks = n_members * batch * -(-n_units // block_size)
+    states = []  # each (2, ...): the state before a step in the half of the step's parity
+    for a in (h, c, q):
+        pair = np.empty((2,) + a.shape, a.dtype)
+        pair[0] = a
+        states.append(pair)
+    # one tangent: the normalisation due after step s is done at step s + 1 by every block
+    # of the item, each on its own copy (the same sums: the same bits), not in a parallel
+    # pass of its own between the steps (one launch per step instead of two: float64,
+    # N = 500, QR every step, on 2 Zen 3 cores in alternating runs: 5,500 steps in 256-263
+    # ms instead of 272-289)
+    deferred = q.shape[3] == 1 and interval > 0
+    own = np.empty((n_tasks if deferred else 0, q.shape[2], 1), q.dtype)
+    run_steps(_walk_block, n_tasks, 0, n_steps,
+              (walk, block_size, *states, _scratch(n_tasks, block_size, n_units, q.shape[3],
+                                                   h.dtype), own,
+               qr_sets(n_members * batch if interval > 0 else 0, q, log_r)),
+              finish=_walk_qr, n_finish_items=n_members * batch,
+              every=n_steps if deferred else interval)
+    for a, pair in zip((h, c, q), states):
+        a[...] = pair[n_steps % 2]
+
+
+@jit
+def _walk_sequence(item, walk, h, c, q, sets):
+    """Item ``item`` of ``tangent_walk`` when one block holds all units: one sequence,
+    all steps, with the QR of ``sets`` (``qr_sets``, no work sets: it makes its own)."""
+    batch, n_units = h.shape[1], h.shape[2]
+    e = item // batch
+    b = item % batch
+    here = (h[e, b].copy(), c[e, b].copy(), q[e, b].copy())
+    there = (np.empty_like(here[0]), np.empty_like(here[1]), np.empty_like(here[2]))
+    scratch = _task_scratch(_scratch(1, n_units, n_units, q.shape[3], h.dtype), 0)
+    qr = (sets[0], qr_workspaces(1, q.shape[2], q.shape[3], q.dtype))
+    for s in range(walk.n_steps):
+        if walk.diverged[e, b]:
+            break
+        if walk.t0 + s == walk.record_from:
+            copy_into(here[0], walk.h_before[e, b])
+            copy_into(here[1], walk.c_before[e, b])
+        saved = _walk_step(walk, e, b, s, 0, n_units, 0, here[0], here[1], here[2], there[0],
+                           there[1], there[2], scratch)
+        here, there = there, here
+        if walk.hs_rec.shape[1] > 0 and walk.t0 + s >= walk.record_from:
+            _record(saved, 0, here[0], here[1], walk.t0 + s - walk.record_from,
+                    walk.hs_rec[e, :, b], walk.cs_rec[e, :, b], walk.p_rec[e, :, b])
+        # (diverged is written only when it changes: items share its cache line)
+        if _qr_due(s, walk.n_steps, walk.interval) and not _renormalise(
+                here[0], here[2], walk.log_r[e, b], s // walk.interval, qr, 0):
+            walk.diverged[e, b] = True
+    copy_into(here[0], h[e, b])
+    copy_into(here[1], c[e, b])
+    copy_array(here[2], q[e, b])
+
+
+@jit
+def _walk_step(walk, e, b, s, u0, u1, block, h, c, q, h_next, c_next, q_next, scratch):
+    """``_block_step`` of step s of the walk for units u0:u1 (unit block ``block``) of
+    item (e, b)."""
+    return _block_step(walk.cell, walk.x, walk.additive, walk.w_ih[e], walk.b_ih[e],
+                       walk.w_hh[e], walk.panels[e, block], walk.b_hh[e],
+                       0 if walk.x.shape[0] == 1 else e, b, walk.t0 + s, u0, u1, h, c, q,
+                       h_next, c_next, q_next, scratch)
+
+
+@jit
+def _walk_block(task, s, blocks):
+    """Task ``task`` of step s of ``tangent_walk`` by blocks: one block of units of one
+    sequence, from the states in the half of s's parity into the other."""
+    walk, block_size, h_pair, c_pair, q_pair, scratch, own, _ = blocks
+    h, c, q = h_pair[s % 2], c_pair[s % 2], q_pair[s % 2]
+    batch, n_units = h.shape[1], h.shape[2]
+    n_blocks = (n_units + block_size - 1) // block_size
+    item = task // n_blocks
+    block = task % n_blocks
+    e = item // batch
+    b = item % batch
+    if block == 0 and walk.t0 + s == walk.record_from:  # the state before the tape
+        copy_into(h[e, b], walk.h_before[e, b])
+        copy_into(c[e, b], walk.c_before[e, b])
+    if walk.diverged[e, b]:
+        return
+    tangents = q[e, b]
+    if own.shape[0] > 0 and s > 0 and _qr_due(s - 1, walk.n_steps, walk.interval):
+        tangents = own[task]  # (one tangent, normalised here: see ``tangent_walk``)
+        log_norm = _normalised_copy(h[e, b], q[e, b], tangents)
+        if block == 0:  # one writer per item
+            if np.isnan(log_norm):
+                walk.diverged[e, b] = True
+            else:
+                walk.log_r[e, b, (s - 1) // walk.interval, 0] = log_norm
+        if np.isnan(log_norm):
+            return
+    u0 = block * block_size
+    u1 = min(u0 + block_size, n_units)
+    after = 1 - s % 2
+    h_next, c_next = h_pair[after, e, b], c_pair[after, e, b]
+    saved = _walk_step(walk, e, b, s, u0, u1, block, h[e, b], c[e, b], tangents, h_next, c_next,
+                       q_pair[after, e, b], _task_scratch(scratch, task))
+    if walk.hs_rec.shape[1] > 0 and walk.t0 + s >= walk.record_from:
+        _record(saved, u0, h_next[u0:u1], c_next[u0:u1], walk.t0 + s - walk.record_from,
+                walk.hs_rec[e, :, b], walk.cs_rec[e, :, b], walk.p_rec[e, :, b])
+
+
+@jit
+def _walk_qr(item, s, blocks):
+    """The QR after step s of ``tangent_walk`` by blocks, for item ``item``."""
+    walk, _, h_pair, _, q_pair, _, _, sets = blocks
+    batch = h_pair.shape[2]
+    e = item // batch
+    b = item % batch
+    after = 1 - s % 2
+    if not (walk.diverged[e, b] or _renormalise(h_pair[after, e, b], q_pair[after, e, b],
+                                                walk.log_r[e, b], s // walk.interval,
+                                                sets, item)):
+        walk.diverged[e, b] = True
 
 
 #: ``spectrum_walk`` multiplies each interval's Jacobians in pieces of about this many
@@ -643,28 +692,27 @@ def _interval_tape(tapes, parity, slot):
 
 
 @jit(inline=True)
-def _walk_interval(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b, t_first,
-                   n_steps, h, c, tape, no_tangents, scratch, record_from, hs_rec, cs_rec,
-                   p_rec, h_before, c_before):
-    """Advance one item's state (h, c), in place, ``n_steps`` steps from input step
-    ``t_first``, keeping the steps on its interval ``tape`` (and on the forward tape
-    ``*_rec`` from step ``record_from`` on, as ``tangent_walk`` does)."""
+def _walk_interval(walk, e, b, s_first, n_steps, h, c, tape, no_tangents, scratch):
+    """Advance the state (h, c) of item (e, b), in place, ``n_steps`` steps of the walk
+    from step ``s_first``, keeping the steps on its interval ``tape`` (and on the forward
+    tape from step ``record_from`` on, as ``tangent_walk`` does)."""
     hs, cs, p, h_start, c_start = tape
     copy_into(h, h_start)
     copy_into(c, c_start)
     for j in range(n_steps):
         h_prev = hs[j - 1] if j > 0 else h_start
         c_prev = cs[j - 1] if j > 0 else c_start
-        if t_first + j == record_from:
-            copy_into(h_prev, h_before)
-            copy_into(c_prev, c_before)
-        saved = _block_step(cell, x, additive, w_ih, b_ih, w_hh, panels, b_hh, e_x, b,
-                            t_first + j, 0, h.shape[0], h_prev, c_prev, no_tangents, hs[j],
-                            cs[j], no_tangents, scratch)
+        t = walk.t0 + s_first + j
+        if t == walk.record_from:
+            copy_into(h_prev, walk.h_before[e, b])
+            copy_into(c_prev, walk.c_before[e, b])
+        saved = _walk_step(walk, e, b, s_first + j, 0, h.shape[0], 0, h_prev, c_prev,
+                           no_tangents, hs[j], cs[j], no_tangents, scratch)
         if p.shape[0] > 0:
             copy_into(saved[:p.shape[1]], p[j])
-        if hs_rec.shape[0] > 0 and t_first + j >= record_from:
-            _record(saved, 0, hs[j], cs[j], t_first + j - record_from, hs_rec, cs_rec, p_rec)
+        if walk.hs_rec.shape[1] > 0 and t >= walk.record_from:
+            _record(saved, 0, hs[j], cs[j], t - walk.record_from, walk.hs_rec[e, :, b],
+                    walk.cs_rec[e, :, b], walk.p_rec[e, :, b])
     copy_into(hs[n_steps - 1], h)
     copy_into(cs[n_steps - 1], c)
 
@@ -733,10 +781,9 @@ def _finish_interval(cell, w_hh, tapes, pieces, spares, jac, lin, work, slot, r,
                  jac[slot, jac.shape[1] - 1], lin[slot, lin.shape[1] - 1])
     if (n_parts + n - _piece_steps(n)) % 2 == 1:  # the product ended in the spare
         copy_array(spare, q)
-    return _renormalise(tape[0][n - 1], q, log_r, r, qr_workspace(work, slot))
+    return _renormalise(tape[0][n - 1], q, log_r, r, work, slot)
 
 
-@jit(parallel=True)
 def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interval, h, c, q,
                   diverged, log_r, group, record_from, hs_rec, cs_rec, p_rec, h_before,
                   c_before):
@@ -758,47 +805,57 @@ def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interv
     n_items = n_members * batch
     size = q.shape[2]
     dtype = h.dtype
-    n_intervals = -(-n_steps // interval)
     n_pieces = _n_pieces(_piece_steps(interval))
     tapes = (np.empty((2, group, interval, n_units), dtype),
              np.empty((2, group, interval, c.shape[2]), dtype),
              np.empty((2, group, interval if n_gates(cell) > 1 else 0,
                        saved_width(cell, n_units)), dtype),
              np.empty((2, group, n_units), dtype), np.empty((2, group, c.shape[2]), dtype))
-    pieces = np.empty((2, group, n_pieces, size, size), dtype)
-    spares = np.empty((group, n_pieces + 1, size, size), dtype)
-    jac = np.empty((group, n_pieces + 1, size, n_units), dtype)  # (the last: the finish's)
-    lin = np.empty((group, n_pieces + 1, LIN_ROWS, n_units), dtype)
-    work = qr_workspaces(group, size, size, dtype)
-    no_tangents = np.empty((size, 0), dtype)  # the walk's q and q_next: nothing to touch
-    no_panels = np.empty((0, 0, n_units, 0), dtype)  # (the one-tangent path is not taken)
-    walk_scratch = _scratch(group, n_units, n_units, 0, dtype)
+    work = (tapes, np.empty((2, group, n_pieces, size, size), dtype),  # the pieces
+            np.empty((group, n_pieces + 1, size, size), dtype),  # their spares
+            np.empty((group, n_pieces + 1, size, n_units), dtype),  # jac (the last: the
+            np.empty((group, n_pieces + 1, LIN_ROWS, n_units), dtype),  # finish's), lin
+            qr_sets(group, q, log_r),
+            _scratch(group, n_units, n_units, 0, dtype))  # the state's walk
     log_r[:] = np.nan
-    n_tasks = n_pieces + 1  # per item: the pieces of one interval, and the rest
-    for first in range(0, n_items, group):
-        in_group = min(group, n_items - first)
-        for r in range(-1, n_intervals + 1):  # round r: pieces of interval r, end of r - 1
-            for task in prange(in_group * n_tasks):
-                slot = task // n_tasks
-                part = task % n_tasks
-                e = (first + slot) // batch
-                b = (first + slot) % batch
-                if diverged[e, b]:
-                    pass
-                elif part < n_pieces:
-                    if 0 <= r < n_intervals:
-                        _piece_of_interval(cell, w_hh[e], tapes, pieces, spares, jac, lin,
-                                           slot, part, r, interval, n_steps)
-                elif r >= 1 and not _finish_interval(cell, w_hh[e], tapes, pieces, spares, jac,
-                                                     lin, work, slot, r - 1, interval, n_steps,
-                                                     q[e, b], log_r[e, b]):
-                    diverged[e, b] = True
-                elif r + 1 < n_intervals:  # walk the state through interval r + 1
-                    s0 = (r + 1) * interval
-                    _walk_interval(cell, x, additive, w_ih[e], b_ih[e], w_hh[e],
-                                   no_panels, b_hh[e], 0 if x.shape[0] == 1 else e, b, t0 + s0,
-                                   min(interval, n_steps - s0), h[e, b], c[e, b],
-                                   _interval_tape(tapes, (r + 1) % 2, slot), no_tangents,
-                                   _task_scratch(walk_scratch, slot), record_from,
-                                   hs_rec[e, :, b], cs_rec[e, :, b], p_rec[e, :, b],
-                                   h_before[e, b], c_before[e, b])
+    no_panels = _transposed_tiles(w_hh[:, :0], n_units)  # (the one-tangent path is not taken)
+    walk = Walk(cell, x, additive, w_ih, b_ih, w_hh, no_panels, b_hh, t0, n_steps, interval,
+                diverged, log_r, record_from, hs_rec, cs_rec, p_rec, h_before, c_before)
+    n_intervals = -(-n_steps // interval)
+    for first in range(0, n_items, group):  # round r: pieces of interval r, end of r - 1
+        run_steps(_spectrum_task, min(group, n_items - first) * (n_pieces + 1), -1,
+                  n_intervals + 1, (walk, h, c, q, first, work))
+
+
+@jit
+def _spectrum_task(task, r, fixed):
+    """Task ``task`` of round r of ``spectrum_walk``: for the item in one slot of the
+    group from item ``first`` on, one piece of interval r, or (the last task) the end of
+    interval r - 1 (its products and QR) and the walk of the state through interval
+    r + 1."""
+    walk, h, c, q, first, work = fixed
+    tapes, pieces, spares, jac, lin, qr_work, scratch = work
+    batch = h.shape[1]
+    n_pieces = pieces.shape[2]
+    slot = task // (n_pieces + 1)
+    part = task % (n_pieces + 1)
+    e = (first + slot) // batch
+    b = (first + slot) % batch
+    interval, n_steps = walk.interval, walk.n_steps
+    n_intervals = (n_steps + interval - 1) // interval
+    if walk.diverged[e, b]:
+        return
+    if part < n_pieces:
+        if 0 <= r < n_intervals:
+            _piece_of_interval(walk.cell, walk.w_hh[e], tapes, pieces, spares, jac, lin, slot,
+                               part, r, interval, n_steps)
+    elif r >= 1 and not _finish_interval(walk.cell, walk.w_hh[e], tapes, pieces, spares, jac,
+                                         lin, qr_work, slot, r - 1, interval, n_steps,
+                                         q[e, b], walk.log_r[e, b]):
+        walk.diverged[e, b] = True
+    elif r + 1 < n_intervals:  # walk the state through interval r + 1
+        s0 = (r + 1) * interval
+        _walk_interval(walk, e, b, s0, min(interval, n_steps - s0), h[e, b], c[e, b],
+                       _interval_tape(tapes, (r + 1) % 2, slot), np.empty((q.shape[2], 0),
+                                                                           q.dtype),
+                       _task_scratch(scratch, slot))

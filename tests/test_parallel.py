@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels._jit import jit
-from kernels.parallel import item_address, launch, run_items
+from kernels.parallel import item_address, launch, run_items, run_steps
 
 
 @jit
@@ -51,3 +51,39 @@ def test_launch_runs_items_step_by_step_inside_jit_code():
     out = np.zeros_like(values)
     _steps(item_address(_add, (values, out)), 3, values, out)
     np.testing.assert_array_equal(out, 3 * values)
+
+
+@jit
+def _scale_step(item, s, fixed):
+    """Step s: values[(s + 1) % 2] = factor * values[s % 2] (the pair by parity)."""
+    (values, factor), _ = fixed
+    values[(s + 1) % 2, item] = factor * values[s % 2, item]
+
+
+@jit
+def _record_step(item, s, fixed):
+    (values, _), log = fixed
+    log[s + 2, item] = values[(s + 1) % 2, item]  # (s >= -2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_items=st.integers(0, 5), first=st.integers(-2, 3), n_steps=st.integers(0, 7),
+       every=st.integers(0, 3))
+def test_run_steps_runs_steps_in_order_and_finishes_every_few_steps(n_items, first, n_steps,
+                                                                    every):
+    """Each step sees the one before (the values double per step), and the finishing
+    items run after every ``every``-th step and the last, with a nested tuple of
+    arguments. (No namedtuple defined here: ``launch``'s cache index would then import
+    this module wherever it is loaded.)"""
+    values = np.zeros((2, n_items))
+    values[first % 2] = np.arange(1.0, n_items + 1)
+    log = np.full((first + n_steps + 2, n_items), np.nan)
+    run_steps(_scale_step, n_items, first, first + n_steps, ((values, 2.0), log),
+              finish=_record_step, n_finish_items=n_items, every=every)
+    start = np.arange(1.0, n_items + 1)
+    np.testing.assert_array_equal(values[(first + n_steps) % 2], start * 2.0 ** n_steps)
+    for j in range(n_steps):
+        s = first + j
+        finished = every > 0 and ((j + 1) % every == 0 or j + 1 == n_steps)
+        want = start * 2.0 ** (j + 1) if finished else np.full(n_items, np.nan)
+        np.testing.assert_array_equal(log[s + 2], want)
