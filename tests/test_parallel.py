@@ -1,10 +1,12 @@
 """kernels.parallel: items compiled once and run in parallel by address."""
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels._jit import jit
-from kernels.parallel import item_address, launch, run_items, run_steps
+from kernels.parallel import (call_address, function_address, item_address, launch,
+                              run_items, run_steps)
 
 
 @jit
@@ -87,3 +89,29 @@ def test_run_steps_runs_steps_in_order_and_finishes_every_few_steps(n_items, fir
         finished = every > 0 and ((j + 1) % every == 0 or j + 1 == n_steps)
         want = start * 2.0 ** (j + 1) if finished else np.full(n_items, np.nan)
         np.testing.assert_array_equal(log[s + 2], want)
+
+
+@jit
+def _scaled_add(x, pair):
+    y, factor = pair
+    if factor < 0:
+        raise ValueError("negative factor")
+    for i in range(x.shape[0]):
+        y[i] += factor * x[i]
+
+
+@jit
+def _add_scaled_by(address, x, y, factors):
+    for factor in factors:
+        call_address(address, (x, (y, factor)))
+
+
+def test_call_address_calls_one_compiled_function_with_nested_arguments_and_errors():
+    x, y = np.arange(4.0), np.zeros(4)
+    address = function_address(_scaled_add, (x, (y, 1.0)))
+    assert function_address(_scaled_add, (x, (y, 5.0))) == address
+    _add_scaled_by(address, x, y, np.array([2.0, 3.0]))
+    np.testing.assert_array_equal(y, 5 * x)
+    with pytest.raises(ValueError, match="negative factor"):
+        _add_scaled_by(address, x, y, np.array([1.0, -1.0]))
+    np.testing.assert_array_equal(y, 6 * x)  # (the call before the error was made)
