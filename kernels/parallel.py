@@ -15,7 +15,8 @@ Items must be independent: no two write the same memory, and none reads what ano
 writes. Which thread runs which item does not change any result. Work that goes step
 by step, each step's items in parallel, runs its step loop compiled too
 (``run_steps``): a launch costs a few microseconds, a Python loop around it several
-times more.
+times more. A large routine that several kernels call is called by address the same
+way (``call_address``), compiled once instead of copied into each of them.
 """
 import numpy as np
 from numba import prange, types
