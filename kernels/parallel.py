@@ -143,15 +143,16 @@ def run_steps(step, n_step_items, first, end, fixed, finish=None, n_finish_items
     parallel, then, after every ``every``-th step and the last (``every`` > 0),
     ``finish(i, s, fixed)`` for i = 0 .. n_finish_items-1; each launch waits for the one
     before. ``fixed`` (a tuple) holds everything else: arrays that the items of one step
-    read and those of the next write come in pairs, chosen by the parity of s.
+    read and those of the next write come in pairs, chosen by the parity of s (step s
+    reads half s % 2 and writes the other).
 
     >>> import numba, numpy as np
     >>> @numba.njit
     ... def double(i, s, fixed):
     ...     values = fixed[0]
-    ...     values[s % 2, i] = 2 * values[1 - s % 2, i]
+    ...     values[1 - s % 2, i] = 2 * values[s % 2, i]
     >>> values = np.ones((2, 3))
-    >>> run_steps(double, 3, 0, 4, (values,)); values[1]
+    >>> run_steps(double, 3, 0, 4, (values,)); values[0]
     array([16., 16., 16.])
     """
     address = item_address(step, (first, fixed))

@@ -816,7 +816,8 @@ def spectrum_walk(cell, x, additive, w_ih, b_ih, w_hh, b_hh, t0, n_steps, interv
             np.empty((group, n_pieces + 1, size, n_units), dtype),  # jac (the last: the
             np.empty((group, n_pieces + 1, LIN_ROWS, n_units), dtype),  # finish's), lin
             qr_sets(group, q, log_r),
-            _scratch(group, n_units, n_units, 0, dtype))  # the state's walk
+            _scratch(group, n_units, n_units, 0, dtype),  # the state's walk, which has
+            np.empty((size, 0), dtype))  # no tangents to touch
     log_r[:] = np.nan
     no_panels = _transposed_tiles(w_hh[:, :0], n_units)  # (the one-tangent path is not taken)
     walk = Walk(cell, x, additive, w_ih, b_ih, w_hh, no_panels, b_hh, t0, n_steps, interval,
@@ -834,7 +835,7 @@ def _spectrum_task(task, r, fixed):
     interval r - 1 (its products and QR) and the walk of the state through interval
     r + 1."""
     walk, h, c, q, first, work = fixed
-    tapes, pieces, spares, jac, lin, qr_work, scratch = work
+    tapes, pieces, spares, jac, lin, qr_work, scratch, no_tangents = work
     batch = h.shape[1]
     n_pieces = pieces.shape[2]
     slot = task // (n_pieces + 1)
@@ -856,6 +857,5 @@ def _spectrum_task(task, r, fixed):
     elif r + 1 < n_intervals:  # walk the state through interval r + 1
         s0 = (r + 1) * interval
         _walk_interval(walk, e, b, s0, min(interval, n_steps - s0), h[e, b], c[e, b],
-                       _interval_tape(tapes, (r + 1) % 2, slot), np.empty((q.shape[2], 0),
-                                                                           q.dtype),
+                       _interval_tape(tapes, (r + 1) % 2, slot), no_tangents,
                        _task_scratch(scratch, slot))
