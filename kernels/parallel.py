@@ -6,10 +6,21 @@ code is not compiled inside a ``prange`` loop: numba compiles a parallel loop's 
 with every function it calls, four times (the loop body, numba's gufunc wrapper, its
 parallel wrapper and the function around the loop, each linking the one before and
 optimising it again). Here ``item`` is compiled once per argument types (and cached
-like every kernel), and one small parallel loop calls it by its address: the cold
-compile of forward and BPTT (four cells, two dtypes) took 55-79 s instead of 110 on
-the 2-core Zen 3. A call costs about 5 microseconds more in Python (a fingerprint of each
-argument's type, to find the compiled item).
+like every kernel), and calls go by address:
+
+- ``_drive`` (one per argument types, small) copies the arguments to its stack and
+  launches;
+- ``_launch``, the one parallel loop, takes only integers (addresses and counts), so it
+  is compiled once for every kernel and dtype;
+- each of its items calls a trampoline (``_call_item``, one per argument types, a few
+  lines) with the address of the copy; the trampoline reads the arguments back and
+  calls the item.
+
+The cold compile of forward and BPTT (four cells, two dtypes) took 55-79 s instead of
+110 on the 2-core Zen 3 with items, and the parallel loop compiled once per argument
+types; compiled once for all, about 6 % less again, and the first analysis calls 14 %
+less. A call costs about 7 microseconds more in Python than the item's own work (a
+fingerprint of each argument's type, to find the compiled functions).
 
 Items must be independent: no two write the same memory, and none reads what another
 writes. Which thread runs which item does not change any result. Work that goes step
@@ -22,42 +33,11 @@ import numpy as np
 from numba import prange, types
 from numba._dispatcher import compute_fingerprint
 from numba.core import cgutils
-from numba.core.imputils import impl_ret_borrowed
 from numba.core.typing import signature
 from numba.core.typing.typeof import Purpose, typeof
 from numba.extending import intrinsic
 
 from kernels._jit import jit
-
-
-def _leaves(ty):
-    """The types of a nested tuple's elements that are not tuples, in order."""
-    if isinstance(ty, types.BaseTuple):
-        return [leaf for t in ty.types for leaf in _leaves(t)]
-    return [ty]
-
-
-@intrinsic
-def _flatten(typingctx, args):
-    """A nested tuple as the flat tuple of its elements that are not tuples (numba's
-    parallel loops take no tuple inside a tuple). A function whose arguments are the
-    nested tuple's elements is called with the same machine-level arguments as with the
-    flat one: numba's calling convention flattens tuples."""
-    def codegen(context, builder, sig, llargs):
-        values = []
-
-        def collect(ty, value):
-            if isinstance(ty, types.BaseTuple):
-                for k, t in enumerate(ty.types):
-                    collect(t, builder.extract_value(value, k))
-            else:
-                values.append(value)
-
-        collect(args, llargs[0])
-        flat = context.make_tuple(builder, sig.return_type, values)
-        return impl_ret_borrowed(context, builder, sig.return_type, flat)
-
-    return types.Tuple(_leaves(args))(args), codegen
 
 
 @intrinsic
@@ -83,34 +63,118 @@ def call_address(typingctx, address, args):
     return types.none(address, args), codegen
 
 
+@intrinsic
+def _stack_copy(typingctx, args):
+    """The address of a copy of ``args`` on the calling function's stack, valid until it
+    returns, with every array's reference count and parent object left out (the copy
+    borrows the arrays: the caller holds them)."""
+    def borrowed(context, builder, ty, value):
+        if isinstance(ty, types.Array):
+            array = context.make_array(ty)(context, builder, value)
+            array.meminfo = cgutils.get_null_value(array.meminfo.type)
+            array.parent = cgutils.get_null_value(array.parent.type)
+            return array._getvalue()
+        if isinstance(ty, types.BaseTuple):
+            for k, t in enumerate(ty.types):
+                value = builder.insert_value(
+                    value, borrowed(context, builder, t, builder.extract_value(value, k)), k)
+        return value
+
+    def codegen(context, builder, sig, llargs):
+        model = context.data_model_manager[args]
+        slot = cgutils.alloca_once(builder, model.get_data_type())
+        builder.store(model.as_data(builder, borrowed(context, builder, args, llargs[0])), slot)
+        return builder.ptrtoint(slot, context.get_value_type(types.int64))
+
+    return types.int64(args), codegen
+
+
+@intrinsic
+def _load(typingctx, address, kind):
+    """The value of type ``kind`` that ``_stack_copy`` left at ``address``."""
+    ty = kind.instance_type
+
+    def codegen(context, builder, sig, llargs):
+        model = context.data_model_manager[ty]
+        pointer = builder.inttoptr(llargs[0], model.get_data_type().as_pointer())
+        return model.load_from_data_pointer(builder, pointer)
+
+    return ty(address, kind), codegen
+
+
 @jit(parallel=True)
-def launch(address, n_items, args):
-    """Items 0 .. n_items-1 of the function at ``address`` (see ``item_address``), in
-    parallel. Callable from ``@jit`` code, for kernels that run items step after step."""
-    leaves = _flatten(args)
+def _launch(trampoline, item_address, n_items, step, args_address):
+    """Items 0 .. n_items-1 in parallel, each ``trampoline(item, step, item_address,
+    args_address)``: all integers, so this parallel loop is compiled once for every
+    kernel."""
     for item in prange(n_items):
-        call_address(address, (np.int64(item),) + leaves)
+        call_address(trampoline, (np.int64(item), step, item_address, args_address))
+
+
+@jit
+def _call_item(item, step, item_address, args_address, kind=None):
+    """``item_address``'s function(item, *args), args of type ``kind`` (given at compile
+    time, no argument at run time) read from ``args_address``."""
+    call_address(item_address, (item,) + _load(args_address, kind))
+
+
+@jit
+def _call_step_item(item, step, item_address, args_address, kind=None):
+    """``item_address``'s function(item, step, fixed), ``fixed`` of type ``kind`` read from
+    ``args_address``."""
+    call_address(item_address, (item, step, _load(args_address, kind)))
+
+
+@jit
+def _drive(launch, trampoline, step, n_step_items, finish, n_finish_items, first, end, every,
+           args):
+    """The launches of ``run_steps`` (and of ``run_items``: one step, no finish), given the
+    addresses of ``_launch``, of a trampoline for the type of ``args`` and of the items."""
+    address = _stack_copy(args)
+    for s in range(first, end):
+        call_address(launch, (trampoline, step, n_step_items, s, address))
+        if every > 0 and ((s + 1 - first) % every == 0 or s + 1 == end):
+            call_address(launch, (trampoline, finish, n_finish_items, s, address))
 
 
 _addresses = {}
 
 
-def function_address(function, args):
-    """Address of the ``@jit`` function ``function`` (returning nothing) compiled for the
-    types of ``args``, compiling it (or loading it from the cache) the first time."""
-    key = (function, tuple(map(compute_fingerprint, args)))
+def _compiled_address(function, key, argument_types):
+    """Address of ``function`` compiled for ``argument_types()`` (compiled, or loaded from
+    the cache, the first time ``key`` is seen)."""
     address = _addresses.get(key)
     if address is None:
-        argument_types = tuple(typeof(a, Purpose.argument) for a in args)
-        result = function.get_compile_result(signature(types.none, *argument_types))
+        result = function.get_compile_result(signature(types.none, *argument_types()))
         address = result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
         _addresses[key] = address
     return address
 
 
-def item_address(item, args):
-    """Address of ``item`` compiled for (int64, *types of ``args``)."""
-    return function_address(item, (0,) + tuple(args))
+def _types(args):
+    return [typeof(a, Purpose.argument) for a in args]
+
+
+def function_address(function, args):
+    """Address of the ``@jit`` function ``function`` (returning nothing) compiled for the
+    types of ``args``, compiling it (or loading it from the cache) the first time."""
+    return _compiled_address(function, (function, tuple(map(compute_fingerprint, args))),
+                             lambda: _types(args))
+
+
+def _item_and_trampoline(item, call, item_args, args):
+    """Addresses of ``item`` compiled for (int64, *types of ``item_args``) and of ``call``
+    (``_call_item`` or ``_call_step_item``) for the tuple ``args`` (one of them), found by
+    one fingerprint of ``item_args``."""
+    prints = tuple(map(compute_fingerprint, item_args))
+    return (_compiled_address(item, (item, prints),
+                              lambda: [types.int64] + _types(item_args)),
+            _compiled_address(call, (call, prints), lambda: [types.int64] * 4 + [
+                types.Omitted(typeof(args, Purpose.argument))]))
+
+
+def _launch_address():
+    return function_address(_launch, (0,) * 5)
 
 
 def run_items(item, n_items, *args):
@@ -126,16 +190,8 @@ def run_items(item, n_items, *args):
     array([0., 1., 4., 9.])
     """
     if n_items > 0:
-        launch(item_address(item, args), n_items, args)
-
-
-@jit
-def _steps(step, n_step_items, finish, n_finish_items, first, end, every, fixed):
-    """The step loop of ``run_steps``, given the items' addresses."""
-    for s in range(first, end):
-        launch(step, n_step_items, (s, fixed))
-        if every > 0 and ((s + 1 - first) % every == 0 or s + 1 == end):
-            launch(finish, n_finish_items, (s, fixed))
+        address, trampoline = _item_and_trampoline(item, _call_item, args, args)
+        _drive(_launch_address(), trampoline, address, n_items, 0, 0, 0, 1, 0, args)
 
 
 def run_steps(step, n_step_items, first, end, fixed, finish=None, n_finish_items=0, every=0):
@@ -155,6 +211,9 @@ def run_steps(step, n_step_items, first, end, fixed, finish=None, n_finish_items
     >>> run_steps(double, 3, 0, 4, (values,)); values[0]
     array([16., 16., 16.])
     """
-    address = item_address(step, (first, fixed))
-    finish_address = item_address(finish, (first, fixed)) if every > 0 else 0
-    _steps(address, n_step_items, finish_address, n_finish_items, first, end, every, fixed)
+    item_args = (first, fixed)
+    address, trampoline = _item_and_trampoline(step, _call_step_item, item_args, fixed)
+    finish_address = _item_and_trampoline(finish, _call_step_item, item_args, fixed)[0] \
+        if every > 0 else 0
+    _drive(_launch_address(), trampoline, address, n_step_items, finish_address,
+           n_finish_items, first, end, every, fixed)

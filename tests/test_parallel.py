@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels._jit import jit
-from kernels.parallel import (call_address, function_address, item_address, launch,
-                              run_items, run_steps)
+from kernels.parallel import (_launch, call_address, function_address, run_items,
+                              run_steps)
 
 
 @jit
@@ -19,14 +19,6 @@ def _add(item, values, out):
     out[item] += values[item]
 
 
-@jit
-def _steps(address, n_steps, values, out):
-    """``_add``'s items launched once per step, as a kernel that runs items step after
-    step does."""
-    for _ in range(n_steps):
-        launch(address, values.shape[0], (values, out))
-
-
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(0, 40), dtype=st.sampled_from(["float32", "float64"]),
        step=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
@@ -37,22 +29,42 @@ def test_every_item_runs_once_for_any_dtype_and_layout(n, dtype, step, seed):
     np.testing.assert_array_equal(out, values * values + np.asarray(1.5, dtype))
 
 
-def test_each_argument_type_gets_its_own_compiled_item():
+def test_each_argument_type_gets_its_own_compiled_function():
     values = np.arange(4.0)
-    contiguous = item_address(_square_into, (values, values.copy(), 1.0))
-    assert item_address(_square_into, (values, values.copy(), 2.0)) == contiguous
-    assert item_address(_square_into, (values.astype("float32"), values.copy(), 1.0)) != contiguous
-    assert item_address(_square_into, (np.arange(8.0)[::2], values.copy(), 1.0)) != contiguous
+
+    def address(v, offset=1.0):
+        return function_address(_square_into, (0, v, values.copy(), offset))
+
+    contiguous = address(values)
+    assert address(values, 2.0) == contiguous
+    assert address(values.astype("float32")) != contiguous
+    assert address(np.arange(8.0)[::2]) != contiguous
     read_only = values.copy()
     read_only.flags.writeable = False
-    assert item_address(_square_into, (read_only, values.copy(), 1.0)) != contiguous
+    assert address(read_only) != contiguous
 
 
-def test_launch_runs_items_step_by_step_inside_jit_code():
-    values = np.arange(1.0, 6.0)
-    out = np.zeros_like(values)
-    _steps(item_address(_add, (values, out)), 3, values, out)
-    np.testing.assert_array_equal(out, 3 * values)
+@jit
+def _mixed(item, pair, flag, scale, out):
+    (values, offset), counts = pair
+    out[item] = (values[item] + offset) * scale if flag else -1.0
+    counts[item] += 1
+
+
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(1, 9), flag=st.booleans(), dtype=st.sampled_from(["float32", "float64"]))
+def test_items_get_nested_tuples_flags_and_scalars_through_one_parallel_loop(n, flag, dtype):
+    """Arguments of every kind reach the items as they were passed (through the launch's
+    copy of them); and one parallel loop, compiled once, runs items of every type."""
+    values = np.arange(n, dtype=dtype)
+    out = np.zeros(n, dtype)
+    counts = np.zeros(n, np.int64)
+    run_items(_mixed, n, ((values, 0.5), counts), flag, np.float32(2.0), out)
+    run_items(_square_into, n, values, out[::-1].copy(), 1.0)
+    want = (values + np.asarray(0.5, dtype)) * np.asarray(2.0, dtype) if flag else -np.ones(n)
+    np.testing.assert_array_equal(out, want.astype(dtype))
+    np.testing.assert_array_equal(counts, 1)
+    assert len(_launch.signatures) == 1
 
 
 @jit
