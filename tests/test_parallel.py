@@ -14,11 +14,6 @@ def _square_into(item, values, out, offset):
     out[item] = values[item] * values[item] + offset
 
 
-@jit
-def _add(item, values, out):
-    out[item] += values[item]
-
-
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(0, 40), dtype=st.sampled_from(["float32", "float64"]),
        step=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
