@@ -142,6 +142,7 @@ def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer
     losses, norms = np.full((E, steps), np.nan), np.full((E, steps), np.nan)
     diverged, stopped_at = np.zeros(E, bool), np.full(E, -1)
     iterator = range(steps)
+    last_only = None  # dL/d(output) of target "last"
     if progress:
         from tqdm.auto import tqdm
         iterator = tqdm(iterator, desc="train", unit="step")
@@ -150,9 +151,11 @@ def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer
         result, features, predictions = _outputs(net, readout, x, target, backend)
         step_loss, grad_predictions = loss_function(predictions, y)
         grad_features, grads = readout.backward(features, grad_predictions)
-        if target == "last":
-            grad_output = np.zeros_like(result.output)
-            grad_output[-1] = grad_features
+        if target == "last":  # zeros but at the last step: one buffer for all steps
+            if last_only is None or last_only.shape != result.output.shape:
+                last_only = np.zeros_like(result.output)
+            last_only[-1] = grad_features
+            grad_output = last_only
         else:
             grad_output = grad_features
         grads.update({k: v for k, v in backward(net, result, grad_output, truncation,

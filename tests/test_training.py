@@ -243,7 +243,8 @@ def test_training_matches_a_torch_training_loop(kind, num_layers, loss, target, 
                                                 clip, one_torch_thread):
     torch = pytest.importorskip("torch")
     if loss == "mse":
-        batches = [adding_problem(12, 5, seed=s) for s in range(6)]
+        # lengths that change from step to step (the "last" target's gradient buffer)
+        batches = [adding_problem(12 - 3 * (s % 2), 5, seed=s) for s in range(6)]
         n_out = 1
     else:
         batches = [copy_task(4, 5, seed=s, n_symbols=3, n_categories=3) for s in range(6)]
