@@ -16,10 +16,10 @@ like every kernel), and calls go by address:
   lines) with the address of the copy; the trampoline reads the arguments back and
   calls the item.
 
-The cold compile of forward and BPTT (four cells, two dtypes) took 55-79 s instead of
-110 on the 2-core Zen 3 with items, and the parallel loop compiled once per argument
-types; compiled once for all, about 6 % less again, and the first analysis calls 14 %
-less. A call costs about 7 microseconds more in Python than the item's own work (a
+On the 2-core Zen 3, items brought the cold compile of forward and BPTT (four cells,
+two dtypes) from 110 s to 55-79 s while the parallel loop was still compiled once per
+argument types; compiling it once for all took about 6 % off that, and 14 % off the
+first analysis calls. A call costs about 7 microseconds more in Python than the item's own work (a
 fingerprint of each argument's type, to find the compiled functions).
 
 Items must be independent: no two write the same memory, and none reads what another

@@ -82,8 +82,8 @@ def test_run_steps_runs_steps_in_order_and_finishes_every_few_steps(n_items, fir
                                                                     every):
     """Each step sees the one before (the values double per step), and the finishing
     items run after every ``every``-th step and the last, with a nested tuple of
-    arguments. (No namedtuple defined here: ``launch``'s cache index would then import
-    this module wherever it is loaded.)"""
+    arguments. (No namedtuple defined here: the cache index of ``_drive`` and of the
+    trampolines would then import this module wherever it is loaded.)"""
     values = np.zeros((2, n_items))
     values[first % 2] = np.arange(1.0, n_items + 1)
     log = np.full((first + n_steps + 2, n_items), np.nan)
