@@ -10,6 +10,9 @@ CPU has them (``kernels.registers.multiply_add``): fewer instructions, one round
 Its accuracy against ``np.exp`` is pinned in ``tests/test_fastexp.py``: within 2 ulp,
 0 where the result would be below the smallest normal number (absolute error under
 1e-38 in float32, 1e-308 in float64), inf above overflow, nan for nan.
+The toolkit's own ``tanh`` and ``sigmoid`` (``kernels.activations``) build on
+``exp_parts``, each clamping its argument to where it needs no overflow handling;
+``exp`` is for users' ``@njit`` loops.
 """
 import math
 
