@@ -19,8 +19,8 @@ like every kernel), and calls go by address:
 On the 2-core Zen 3, items brought the cold compile of forward and BPTT (four cells,
 two dtypes) from 110 s to 55-79 s while the parallel loop was still compiled once per
 argument types; compiling it once for all took about 6 % off that, and 14 % off the
-first analysis calls. A call costs about 7 microseconds more in Python than the item's own work (a
-fingerprint of each argument's type, to find the compiled functions).
+first analysis calls. A call costs about 7 microseconds more in Python than the item's
+own work (a fingerprint of each argument's type, to find the compiled functions).
 
 Items must be independent: no two write the same memory, and none reads what another
 writes. Which thread runs which item does not change any result. Work that goes step
