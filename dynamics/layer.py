@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from kernels.cells import GRU, LSTM, pack_member_panels, panel_width, saved_width
+from kernels.cells import (GRU, LSTM, pack_column_blocks, pack_member_panels, panel_width,
+                           saved_width)
 from kernels.memory import aligned_copy, aligned_empty
 from kernels.projections import parameter_and_input_gradients, project_inputs
 from kernels.sequence import (sequence_backward, sequence_backward_gemm, sequence_forward,
@@ -161,7 +162,7 @@ def layer_forward(cell, x, h0, c0, reverse):
                         pack_member_panels(weight_hh.transpose(0, 2, 1), width), bias_hh, h0,
                         c0, hs, cs, gemm_rows(dtype, n_members, batch))
     elif n_steps:
-        w_hh_t = aligned_copy(weight_hh.transpose(0, 2, 1))
+        w_hh_t = pack_column_blocks(weight_hh.transpose(0, 2, 1))
         w_ih_t = aligned_copy(weight_ih.transpose(0, 2, 1))
         with single_threaded_blas():
             run_forward(cell.code, reverse, x if x.ndim == 4 else x[None], w_ih_t, bias_ih, p,
@@ -204,7 +205,7 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
         weight_hh = pack_member_panels(tape.weight_hh, panel_width(tape.weight_hh))
         blocks = (gemm_rows(tape.h0.dtype, n_members, batch),)
     else:
-        weight_hh = aligned_copy(tape.weight_hh)
+        weight_hh = pack_column_blocks(tape.weight_hh)
         blocks = ()
     nothing_saved = tape.p.shape[1] != tape.hs.shape[1]
     groups = member_groups(tape.hs.shape[0], MEMBER_GROUPS) if nothing_saved else [slice(None)]

@@ -18,9 +18,10 @@ path's input projections) are matrix products over all steps at once, in
 ``kernels.projections``.
 
 What the kernels assume (checked by ``dynamics``, not here): every array C-contiguous
-and of one float dtype; ``p`` (E, T, B, saved_width), ``w_hh_t`` (E, H, G*H) = W_hh
-transposed and ``w_hh`` (E, G*H, H) for the walk (the batched recurrence takes them
-packed, see there), ``b_hh`` (E, G*H), ``h0`` (E, B, H), ``hs`` (E, T, B, H);
+and of one float dtype; ``p`` (E, T, B, saved_width); for the walk ``w_hh_t`` (E, H*G*H)
+= W_hh transposed and ``w_hh`` (E, G*H*H) = W_hh, both in column blocks
+(``kernels.cells.pack_column_blocks``; the batched recurrence takes them packed in
+panels, see there); ``b_hh`` (E, G*H), ``h0`` (E, B, H), ``hs`` (E, T, B, H);
 for LSTM ``c0`` (E, B, H) and ``cs`` (E, T, B, H), for the other cells zero-width
 arrays (E, B, 0) and (E, T, B, 0). ``reverse`` walks from t = T-1 down to 0 (the
 reverse direction of a bidirectional layer); states are always stored at their real
@@ -65,7 +66,7 @@ def sequence_forward(cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs
 def _forward_walk(item, cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0, hs, cs):
     """Item ``item`` of ``sequence_forward``: sequence b of member e."""
     n_steps, batch = hs.shape[1], hs.shape[2]
-    n_rows = w_hh_t.shape[2]
+    n_rows = b_hh.shape[1]
     keep = p.shape[1] > 0
     e = item // batch
     b = item - e * batch
@@ -154,7 +155,7 @@ def _backward_walk(item, cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, gra
     dc = np.empty(dc0.shape[2], p.dtype)
     copy_into(dh0[e, b], dh)
     copy_into(dc0[e, b], dc)
-    dph = np.empty(w_hh.shape[1], p.dtype)
+    dph = np.empty(w_hh.shape[1] // n_units, p.dtype)
     dh_prev = np.empty(n_units, p.dtype)
     weights, saved, states, cells = w_hh[e], p[e], hs[e], cs[e]  # sliced once
     for s in range(n_steps - 1, -1, -1):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernels.cells import (PAGE_BYTES, accumulate_rows,
+from kernels.cells import (PAGE_BYTES, accumulate_blocked_rows, accumulate_rows,
                            accumulate_rows_in_memory, add_packed_product, add_product,
-                           pack_member_panels, pack_panels, panel_width,
-                           terms_per_part)
+                           column_block_width, pack_column_blocks, pack_member_panels,
+                           pack_panels, panel_width, terms_per_part)
 from kernels.projections import (TRANSPOSE_BLOCK, TRANSPOSED_PART_ROWS,
                                  add_transposed_product)
 from kernels.registers import (FUSED, PAIR_VECTORS, PANEL_VECTORS, VECTOR_BITS, WIDE_BLOCK,
@@ -53,6 +53,36 @@ def test_register_sums_equal_the_plain_loop_bit_for_bit(dtype, n_rows, n_out, st
     exact = start.astype(np.float64) + coefficients.astype(np.float64) @ rows.astype(np.float64)
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, exact, rtol=tolerance, atol=tolerance * (n_rows + 1))
+
+
+@numba.njit
+def in_column_blocks(blocked, coefficients, out):
+    accumulate_blocked_rows(blocked, coefficients, out)
+
+
+@settings(max_examples=40, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n_rows=st.integers(0, 40),
+       n_blocks=st.integers(0, 3), remainder=st.integers(0, 40), transposed=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_column_blocks_give_the_same_sums(dtype, n_rows, n_blocks, remainder, transposed, seed):
+    """The walks' weights in column blocks (``pack_column_blocks``): every column
+    exactly once, block after block, and the sums of ``accumulate_rows`` bit for bit,
+    for whole blocks, a narrower last block, and one narrower than a vector."""
+    n_out = n_blocks * column_block_width(np.dtype(dtype).itemsize) + remainder
+    if n_out == 0:
+        return
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(2, n_out, n_rows) if transposed else (2, n_rows, n_out)).astype(dtype)
+    rows = rows.transpose(0, 2, 1) if transposed else rows  # as the walks pass W_hh^T
+    blocked = pack_column_blocks(rows)
+    assert blocked.shape == (2, n_rows * n_out) and blocked.dtype == dtype
+    assert sorted(blocked[1].tolist()) == sorted(rows[1].ravel().tolist())
+    coefficients = rng.normal(size=n_rows).astype(dtype)
+    start = rng.normal(size=n_out).astype(dtype)
+    got, want = start.copy(), start.copy()
+    in_column_blocks(blocked[1], coefficients, got)
+    in_registers(np.ascontiguousarray(rows[1]), coefficients, want)
+    np.testing.assert_array_equal(got, want)
 
 
 @numba.njit
