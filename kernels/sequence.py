@@ -101,7 +101,7 @@ def _forward_walk(item, cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0,
                 row = p[e, t, b]
                 copy_into(projected[k], row[:n_rows])
             h, c = states[t, b], cells[t, b]
-            recurrent_matvec(w_hh, h_prev, bias_hh, ph)
+            recurrent_matvec(w_hh, h_prev, bias_hh, ph, k % 2 == 1)
             cell_forward(cell, row, ph, h_prev, c_prev, h, c)
             h_prev = h
             c_prev = c
@@ -179,7 +179,7 @@ def _backward_walk(item, cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, gra
             fill(dh, 0.0)
             fill(dc, 0.0)
         else:
-            transposed_matvec(weights, dph, dh_prev)
+            transposed_matvec(weights, dph, dh_prev, s % 2 == 1)
             copy_into(dh_prev, dh)
     copy_into(dh, dh0[e, b])
     copy_into(dc, dc0[e, b])

@@ -56,18 +56,20 @@ def test_register_sums_equal_the_plain_loop_bit_for_bit(dtype, n_rows, n_out, st
 
 
 @numba.njit
-def in_column_blocks(blocked, coefficients, out):
-    accumulate_blocked_rows(blocked, coefficients, out)
+def in_column_blocks(blocked, coefficients, out, descending):
+    accumulate_blocked_rows(blocked, coefficients, out, descending)
 
 
 @settings(max_examples=40, deadline=None)
 @given(dtype=st.sampled_from([np.float32, np.float64]), n_rows=st.integers(0, 40),
        n_blocks=st.integers(0, 3), remainder=st.integers(0, 40), transposed=st.booleans(),
-       seed=st.integers(0, 2**31))
-def test_column_blocks_give_the_same_sums(dtype, n_rows, n_blocks, remainder, transposed, seed):
+       descending=st.booleans(), seed=st.integers(0, 2**31))
+def test_column_blocks_give_the_same_sums(dtype, n_rows, n_blocks, remainder, transposed,
+                                          descending, seed):
     """The walks' weights in column blocks (``pack_column_blocks``): every column
     exactly once, block after block, and the sums of ``accumulate_rows`` bit for bit,
-    for whole blocks, a narrower last block, and one narrower than a vector."""
+    for whole blocks, a narrower last block, and one narrower than a vector, with the
+    blocks read in either order."""
     n_out = n_blocks * column_block_width(np.dtype(dtype).itemsize) + remainder
     if n_out == 0:
         return
@@ -80,7 +82,7 @@ def test_column_blocks_give_the_same_sums(dtype, n_rows, n_blocks, remainder, tr
     coefficients = rng.normal(size=n_rows).astype(dtype)
     start = rng.normal(size=n_out).astype(dtype)
     got, want = start.copy(), start.copy()
-    in_column_blocks(blocked[1], coefficients, got)
+    in_column_blocks(blocked[1], coefficients, got, descending)
     in_registers(np.ascontiguousarray(rows[1]), coefficients, want)
     np.testing.assert_array_equal(got, want)
 
