@@ -452,6 +452,19 @@ def test_activation_accuracy_random(name, ulps, dtype, data):
     assert error <= ulps * np.finfo(dtype).eps
 
 
+@pytest.mark.parametrize("function", [tanh, sigmoid])
+@pytest.mark.parametrize("value", [3, True, 1 + 2j])
+def test_activations_refuse_other_than_floats_in_users_njit_code(function, value):
+    """``tanh`` and ``sigmoid`` are documented for users' own loops: an integer, bool or
+    complex argument is a typing error when the loop compiles, not a wrong number."""
+    @numba.njit
+    def apply_one(x):
+        return function(x)
+
+    with pytest.raises(numba.core.errors.TypingError):
+        apply_one(value)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tanh_is_relatively_accurate_near_zero(dtype):
     """Near 0, tanh(x) ~ x: the relative error stays a few eps down to the smallest
