@@ -98,6 +98,7 @@ def _walk(cell, x, additive, steps, burn_in, interval, h, c, q, dtype, keep=0, b
     used = burn_in + (steps - burn_in) // interval * interval
     if backend == "cuda":  # states and tangents stay on the GPU from start to end
         gpu = engine(backend)
+        parameters = [gpu.to_device(a) for a in parameters]
         state = [gpu.to_device(a) for a in (h, c, q, diverged)]
         if burn_in:
             gpu.tangent_walk(cell, x, additive, parameters, 0, burn_in, interval, *state)

@@ -15,7 +15,7 @@ from dynamics.layer import LayerTape, member_major_parameters
 from kernels import cuda_sequence as kernels
 from kernels import cuda_tangents
 from kernels.cells import GRU, LSTM, n_gates, saved_width
-from kernels.cuda_api import TILE, cuda, require_gpu
+from kernels.cuda_api import TILE, cuda, require_gpu, view
 
 __all__ = ["require_gpu", "layer_forward", "layer_backward", "to_device", "to_host",
            "zeros_like", "concatenate_units", "units", "matmul", "adjoint_log_norms",
@@ -39,9 +39,22 @@ def on_device(array):
     return not isinstance(array, np.ndarray)
 
 
+def c_order(array):
+    """``array`` C-contiguous, as a view with the strides of a fresh array. NumPy calls
+    an array contiguous whatever the strides of its length-1 axes (``drive[None]``, a
+    transposed (T, 1, N)) and gives empty arrays zero strides; numba-cuda's device arrays
+    keep those strides, and then refuse to reshape or slice."""
+    array = np.asarray(array, order="C")
+    fresh, step = [], array.itemsize
+    for n in reversed(array.shape):
+        fresh.insert(0, step)
+        step *= n
+    return np.lib.stride_tricks.as_strided(array, strides=fresh)
+
+
 def to_device(array):
-    """``array`` on the GPU (C-contiguous); device arrays pass through."""
-    return array if on_device(array) else cuda.to_device(np.ascontiguousarray(array))
+    """``array`` on the GPU (C order, see ``c_order``); device arrays pass through."""
+    return array if on_device(array) else cuda.to_device(c_order(array))
 
 
 def to_host(array):
@@ -64,12 +77,20 @@ def zeros_like(array):
     return zeros(array.shape, array.dtype)
 
 
+def transposed(array):
+    """Each member's matrix of an (E, R, C) device array transposed: (E, C, R)."""
+    out = cuda.device_array((array.shape[0], array.shape[2], array.shape[1]), array.dtype)
+    if out.size:
+        kernels.transpose_members[_grid(out.size), THREADS](array, out)
+    return out
+
+
 def units(array, start, stop):
     """array[..., start:stop] of a 4-D device array, as a C-contiguous copy."""
-    view = array[:, :, :, start:stop]
-    out = cuda.device_array(view.shape, array.dtype)
+    part = view(array, np.s_[:, :, :, start:stop])
+    out = cuda.device_array(part.shape, array.dtype)
     if out.size:
-        kernels.copy4[_grid(out.size), THREADS](view, out)
+        kernels.copy4[_grid(out.size), THREADS](part, out)
     return out
 
 
@@ -80,7 +101,8 @@ def concatenate_units(arrays):
     start = 0
     for a in arrays:
         if a.size:
-            kernels.copy4[_grid(a.size), THREADS](a, out[:, :, :, start:start + a.shape[3]])
+            part = view(out, np.s_[:, :, :, start:start + a.shape[3]])
+            kernels.copy4[_grid(a.size), THREADS](a, part)
         start += a.shape[3]
     return out
 
@@ -94,7 +116,7 @@ def _chunks(n_terms, n_blocks):
 
 def _group(array, members):
     """``array[members]``, or ``array`` itself where its one member broadcasts (or None)."""
-    return array if array is None or array.shape[0] == 1 else array[members]
+    return array if array is None or array.shape[0] == 1 else view(array, members)
 
 
 def matmul(a, b, c, trans_a=False, trans_b=False, accumulate=False, bias=None,
@@ -109,7 +131,7 @@ def matmul(a, b, c, trans_a=False, trans_b=False, accumulate=False, bias=None,
     if n_members > MAX_GRID_Z:  # one launch per group of members (each sum is unchanged)
         for start in range(0, n_members, MAX_GRID_Z):
             group = slice(start, start + MAX_GRID_Z)
-            matmul(_group(a, group), _group(b, group), c[group], trans_a, trans_b,
+            matmul(_group(a, group), _group(b, group), view(c, group), trans_a, trans_b,
                    accumulate, _group(bias, group), sum_members)
         return
     kernel = kernels.matmul_kernel(c.dtype)
@@ -123,7 +145,7 @@ def matmul(a, b, c, trans_a=False, trans_b=False, accumulate=False, bias=None,
     partial = cuda.device_array((n_chunks,) + c.shape, c.dtype)
     size = -(-n_terms // n_chunks)
     for z in range(n_chunks):
-        kernel[grid, (TILE, TILE)](a, b, partial[z], no_bias, trans_a, trans_b, False,
+        kernel[grid, (TILE, TILE)](a, b, view(partial, z), no_bias, trans_a, trans_b, False,
                                    sum_members, min(z * size, n_terms),
                                    min((z + 1) * size, n_terms))
     kernels.add_chunks[_grid(c.size), THREADS](partial, c, accumulate)
@@ -139,6 +161,11 @@ def _walk_launch(n_members, batch, n_rows, n_units, itemsize, n_state_rows):
     cache = kernels.weights_fit(n_rows, n_units, itemsize)
     shared = (n_state_rows * n_units + n_rows + (n_rows * n_units if cache else 0)) * itemsize
     return (n_members * batch, kernels.walk_threads(n_rows), 0, shared), cache
+
+
+class DeviceTape(LayerTape):
+    """A ``LayerTape`` of device arrays."""
+    index = staticmethod(view)
 
 
 def _members(array):
@@ -165,13 +192,13 @@ def layer_forward(cell, x, h0, c0, reverse, additive=False):
         rows = n_steps * batch
         inputs = _members(x)
         inputs = inputs.reshape((inputs.shape[0], rows, inputs.shape[3]))
-        projection = p.reshape((n_members, rows, p.shape[3]))[:, :, :n_rows]
+        projection = view(p.reshape((n_members, rows, p.shape[3])), np.s_[:, :, :n_rows])
         if additive:
             kernels.add_rows[_grid(projection.size), THREADS](inputs, bias_ih, projection)
         else:
             matmul(inputs, weight_ih, projection, trans_b=True, bias=bias_ih)
         if uses_walk(n_members, batch):
-            w_hh_t = to_device(host[2].transpose(0, 2, 1))
+            w_hh_t = transposed(weight_hh)
             launch, cache = _walk_launch(n_members, batch, n_rows, hidden, p.dtype.itemsize, 2)
             kernels.walk_forward(p.dtype)[launch](cell.code, reverse, p, w_hh_t, bias_hh, h0,
                                                   c0, hs, cs, cache)
@@ -180,12 +207,12 @@ def layer_forward(cell, x, h0, c0, reverse, additive=False):
             for s in range(n_steps):
                 t = n_steps - 1 - s if reverse else s
                 t_prev = t + 1 if reverse else t - 1
-                h_prev = hs[:, t_prev] if s else h0
-                c_prev = cs[:, t_prev] if s else c0
+                h_prev = view(hs, np.s_[:, t_prev]) if s else h0
+                c_prev = view(cs, np.s_[:, t_prev]) if s else c0
                 matmul(h_prev, weight_hh, ph, trans_b=True, bias=bias_hh)
                 kernels.step_forward[_grid(n_members * batch * hidden), THREADS](
                     cell.code, t, p, ph, h_prev, c_prev, hs, cs)
-    return LayerTape(cell, reverse, x, weight_ih, weight_hh, bias_hh, h0, c0, p, hs, cs)
+    return DeviceTape(cell, reverse, x, weight_ih, weight_hh, bias_hh, h0, c0, p, hs, cs)
 
 
 def _backward_steps(tape, grad_hs, grad_time_major, dh, dc, truncation):
@@ -197,9 +224,9 @@ def _backward_steps(tape, grad_hs, grad_time_major, dh, dc, truncation):
     for s in range(n_steps - 1, -1, -1):
         t = n_steps - 1 - s if tape.reverse else s
         t_prev = t + 1 if tape.reverse else t - 1
-        h_prev = tape.hs[:, t_prev] if s else tape.h0
-        c_prev = tape.cs[:, t_prev] if s else tape.c0
-        grad = grad_hs[t] if grad_time_major else grad_hs[:, t]
+        h_prev = view(tape.hs, np.s_[:, t_prev]) if s else tape.h0
+        c_prev = view(tape.cs, np.s_[:, t_prev]) if s else tape.c0
+        grad = view(grad_hs, t if grad_time_major else np.s_[:, t])
         kernels.step_backward[_grid(n_members * batch * hidden), THREADS](
             tape.cell.code, t, tape.p, grad, dh, dc, h_prev, c_prev, tape.hs, tape.cs, dph,
             spare)
@@ -263,27 +290,32 @@ def _parameter_and_input_gradients(tape, grads, grad_x, grad_x_fresh):
     inputs = inputs.reshape((inputs.shape[0], rows, inputs.shape[3]))
     ones = cuda.device_array((1, 1, rows), tape.p.dtype)
     kernels.fill[_grid(rows), THREADS](ones.reshape(rows), ones.dtype.type(1))
-    matmul(gates[:, :, :n_rows], inputs, grads["weight_ih"], trans_a=True)
-    matmul(ones, gates[:, :, :n_rows], grads["bias_ih"])
+    projected = view(gates, np.s_[:, :, :n_rows])  # the gradient of W_ih x + b_ih
+    matmul(projected, inputs, grads["weight_ih"], trans_a=True)
+    matmul(ones, projected, grads["bias_ih"])
     states = tape.hs.reshape((n_members, rows, hidden))
     for w_rows, columns in _hidden_blocks(tape.cell.code, hidden):
-        d_hidden = gates[:, :, columns]
-        target = grads["weight_hh"][:, w_rows]
+        d_hidden = view(gates, np.s_[:, :, columns])
+        target = view(grads["weight_hh"], np.s_[:, w_rows])
         # step t's gradient pairs with the state before it: h_(t-1), or h_(t+1) when
         # reversed, and h0 at the first processed step
         if tape.reverse:
-            later, before, first = d_hidden[:, :rows - batch], states[:, batch:], d_hidden[:, rows - batch:]
+            later, before, first = (view(d_hidden, np.s_[:, :rows - batch]),
+                                    view(states, np.s_[:, batch:]),
+                                    view(d_hidden, np.s_[:, rows - batch:]))
         else:
-            later, before, first = d_hidden[:, batch:], states[:, :rows - batch], d_hidden[:, :batch]
+            later, before, first = (view(d_hidden, np.s_[:, batch:]),
+                                    view(states, np.s_[:, :rows - batch]),
+                                    view(d_hidden, np.s_[:, :batch]))
         if n_steps > 1:
             matmul(later, before, target, trans_a=True)
         matmul(first, tape.h0, target, trans_a=True, accumulate=n_steps > 1)
-        matmul(ones, d_hidden, grads["bias_hh"][:, :, w_rows])
+        matmul(ones, d_hidden, view(grads["bias_hh"], np.s_[:, :, w_rows]))
     if grad_x is None:
         return
     shared_x = tape.x.ndim == 3
     gx = _members(grad_x)
-    matmul(gates[:, :, :n_rows], tape.weight_ih, gx.reshape((gx.shape[0], rows, gx.shape[3])),
+    matmul(projected, tape.weight_ih, gx.reshape((gx.shape[0], rows, gx.shape[3])),
            accumulate=not grad_x_fresh, sum_members=shared_x)
 
 
@@ -305,7 +337,8 @@ def adjoint_log_norms(tape, v, max_lag):
 def tangent_walk(cell, x, additive, parameters, t0, n_steps, interval, h, c, q, diverged):
     """``kernels.tangents.tangent_walk`` on the GPU without a recorded tape: advances the
     device arrays ``h``, ``c``, ``q``, ``diverged`` in place; ``parameters`` are
-    ``member_major_parameters``; returns log |R_jj| (E, B, records, k) as NumPy."""
+    ``member_major_parameters`` (NumPy or already on the device); returns log |R_jj|
+    (E, B, records, k) as NumPy."""
     w_ih, b_ih, w_hh, b_hh = parameters
     n_members, batch, hidden = h.shape
     n_rows = w_hh.shape[1]
@@ -315,7 +348,7 @@ def tangent_walk(cell, x, additive, parameters, t0, n_steps, interval, h, c, q, 
     shared = cuda_tangents.tangent_shared_bytes(hidden, h.dtype.itemsize)
     kernel[n_members * batch, kernels.walk_threads(n_rows), 0, shared](
         cell.code, to_device(x), additive, to_device(w_ih), to_device(b_ih),
-        to_device(w_hh.transpose(0, 2, 1)), to_device(b_hh), t0, n_steps, interval, h, c, q,
+        transposed(to_device(w_hh)), to_device(b_hh), t0, n_steps, interval, h, c, q,
         scratch, diverged, log_r)
     return log_r.copy_to_host()
 

@@ -113,15 +113,19 @@ class LayerTape:
     @property
     def h_n(self):
         """The state after the last processed step (h0 when T = 0)."""
-        if self.hs.shape[1] == 0:
-            return self.h0
-        return self.hs[:, 0 if self.reverse else -1]
+        return self._final(self.hs, self.h0)
 
     @property
     def c_n(self):
-        if self.cs.shape[1] == 0:
-            return self.c0
-        return self.cs[:, 0 if self.reverse else -1]
+        return self._final(self.cs, self.c0)
+
+    def _final(self, states, initial):
+        if states.shape[1] == 0:
+            return initial
+        return self.index(states, np.s_[:, 0 if self.reverse else -1])
+
+    #: ``index(array, index)``: array[index] (``dynamics.gpu`` indexes device arrays)
+    index = staticmethod(lambda array, index: array[index])
 
 
 def member_major_parameters(cell, dtype):

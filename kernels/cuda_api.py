@@ -17,10 +17,11 @@ import types
 
 import numpy as np
 from numba import cuda, float32, float64
+from numba.cuda.cudadrv.dummyarray import Array as Layout
 
 from kernels import activations, cells
 
-__all__ = ["cuda", "device", "numba_float", "require_gpu", "TILE"]
+__all__ = ["cuda", "device", "numba_float", "require_gpu", "view", "TILE"]
 
 #: Side of the square tiles of the matrix-product kernels (TILE x TILE threads).
 TILE = 16
@@ -34,6 +35,19 @@ def require_gpu():
             "(pip install 'recurrent-dynamics[cuda]'); numba found no usable CUDA device "
             "(numba.cuda.detect() says why). Use backend='cpu', or set "
             "NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels in numba's simulator.")
+
+
+def view(array, index):
+    """``array[index]`` (integers and slices) of a device array, in time independent of
+    its size. numba-cuda's own indexing lists every contiguous run of a strided result in
+    Python: 1.5 s for a column slice of a tape of 4 million rows. The simulator's arrays
+    (and NumPy's) are indexed as they are."""
+    if not hasattr(array, "gpu_data"):
+        return array[index]
+    layout = Layout.from_desc(0, array.shape, array.strides, array.dtype.itemsize)[index]
+    begin, end = layout.extent
+    return type(array)(layout.shape, layout.strides, array.dtype, stream=array.stream,
+                       gpu_data=array.gpu_data.view(begin, end if layout.size else begin))
 
 
 def numba_float(dtype):

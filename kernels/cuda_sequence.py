@@ -455,3 +455,17 @@ def copy4(source, target):
     i1 = (index // (n2 * n3)) % n1
     i0 = index // (n1 * n2 * n3)
     target[i0, i1, i2, i3] = source[i0, i1, i2, i3]
+
+
+@cuda.jit
+def transpose_members(source, target):
+    """target[e, j, i] = source[e, i, j]: each member's matrix transposed (one thread per
+    element, writing consecutive addresses)."""
+    index = cuda.grid(1)
+    n_members, n_cols, n_rows = target.shape
+    if index >= n_members * n_cols * n_rows:
+        return
+    i = index % n_rows
+    j = (index // n_rows) % n_cols
+    e = index // (n_rows * n_cols)
+    target[e, j, i] = source[e, i, j]

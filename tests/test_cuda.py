@@ -262,6 +262,49 @@ def test_every_kernel_compiles_for_a_real_gpu():
     assert "0 failed" in done.stdout
 
 
+VIEW_CHECK = """
+import numpy as np
+from numba.cuda.cudadrv.devicearray import DeviceNDArray
+from kernels.cuda_api import view
+
+class Memory:  # stands in for device memory: the byte range a view covers
+    def __init__(self, begin, end):
+        self.begin, self.end = begin, end
+    def view(self, begin, end):
+        return Memory(self.begin + begin, self.begin + end)
+
+rng = np.random.default_rng(0)
+for _ in range(2000):
+    host = np.empty(tuple(rng.integers(1, 6, size=rng.integers(1, 5))), np.float32)
+    index = []
+    for n in host.shape[:rng.integers(1, host.ndim + 1)]:
+        start = int(rng.integers(0, n))
+        index.append(start if rng.random() < 0.3 else
+                     slice(start, int(rng.integers(start + 1, n + 1))))
+    if len(index) == host.ndim and all(isinstance(i, int) for i in index):
+        index[-1] = slice(index[-1], index[-1] + 1)  # an array, not an element
+    want = host[tuple(index)]
+    got = view(DeviceNDArray(host.shape, host.strides, host.dtype,
+                             gpu_data=Memory(0, host.nbytes)), tuple(index))
+    begin = want.__array_interface__["data"][0] - host.__array_interface__["data"][0]
+    assert got.shape == want.shape, (host.shape, index)
+    assert all(a == b for n, a, b in zip(want.shape, got.strides, want.strides) if n > 1)
+    assert got.gpu_data.begin == begin, (host.shape, index)
+    span = sum((n - 1) * stride for n, stride in zip(want.shape, want.strides))
+    assert got.gpu_data.end == begin + span + want.itemsize, (host.shape, index)
+print("ok")
+"""
+
+
+def test_device_views_index_as_numpy_does():
+    """``cuda_api.view`` (which replaces numba-cuda's indexing, slow on strided views)
+    gives NumPy's shape, strides and offset, on numba-cuda's real device arrays (over
+    stand-in memory: no GPU needed; the simulator's arrays are NumPy's)."""
+    done = _python("-c", VIEW_CHECK)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == "ok"
+
+
 def test_importing_the_toolkit_does_not_load_cuda():
     done = _python("-c", "import sys, dynamics, analysis, kernels, studies.edge_of_chaos\n"
                    "import numpy as np\n"
