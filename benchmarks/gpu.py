@@ -20,7 +20,8 @@ ensemble  E independent tanh RNNs of N units (own W_ih, W_hh, biases; Gaussian g
           does not fit in memory are skipped (the row says so).
 single    one LSTM, B = 256, H = D = 1024, T = 256, float32: ours (the batched
           recurrence: per step one tiled product and one cell kernel) against
-          ``torch.nn.LSTM`` (cuDNN), forward and forward + BPTT.
+          ``torch.nn.LSTM`` (cuDNN, with TF32 off: float32 against float32), forward
+          and forward + BPTT.
 lyapunov  lambda_max of E = 4,096 tanh networks of N = 256, g = 1.5, float64, 1,000
           steps after 100 of burn-in, renormalising every step: ours
           (``analysis.lyapunov_spectrum(..., backend="cuda")``, end to end, including
@@ -49,9 +50,21 @@ from benchmarks import common
 FULL = dict(ensembles=((4096, 64), (16384, 64), (65536, 64), (4096, 128), (16384, 128),
                        (4096, 256)), steps=1000, single=(256, 1024, 256),
             lyapunov=(4096, 256, 1000, 100), repeats=3, copy_bytes=2 ** 31, gemm_n=8192,
-            memory_fraction=0.6)
+            memory_fraction=0.9)
 QUICK = dict(ensembles=((4, 8),), steps=6, single=(4, 8, 4), lyapunov=(2, 8, 6, 2),
-             repeats=1, copy_bytes=2 ** 20, gemm_n=64, memory_fraction=0.6)
+             repeats=1, copy_bytes=2 ** 20, gemm_n=64, memory_fraction=0.9)
+
+
+def free_memory(torch, device):
+    """Bytes free on the GPU now, after numba-cuda and torch hand back what they hold
+    (without a GPU for torch: a nominal 16 GiB)."""
+    if device != "cuda":
+        return 2 ** 34
+    from numba import cuda
+
+    cuda.current_context().deallocations.clear()  # numba-cuda frees in batches
+    torch.cuda.empty_cache()
+    return torch.cuda.mem_get_info()[0]
 
 
 def synchronise(torch, device):
@@ -175,36 +188,58 @@ def ensemble_bytes(E, N, T, itemsize, backward):
     return parameters * 2 + inputs * 2 + tape * 3 + T * E * N * itemsize  # + grad_output read
 
 
-def section_ensemble(torch, device, config, bandwidth, gemm, free_bytes):
+def section_ensemble(torch, device, config, bandwidth, gemm):
+    """Ours first, then torch, each freed before the other runs, so that ours can run
+    where both together would not fit (E = 65,536 at T = 1,000); a contender that would
+    not fit, or runs out of memory, is skipped with the GiB it would need."""
     rows = []
     for E, N in config["ensembles"]:
         for dtype in ("float32", "float64"):
             itemsize = np.dtype(dtype).itemsize
             T = config["steps"]
-            need = 6 * T * E * N * itemsize  # ours' tape + gradients; torch's autograd tape
-            if need > config["memory_fraction"] * free_bytes:
-                rows.append([E, N, dtype, "-", f"skipped: needs ~{need / 2 ** 30:.0f} GiB"]
-                            + [""] * 7)
+            array = T * E * N * itemsize  # one (T, E, N) array
+            # ours: the tape (pre-activations, states) and grad_output; torch: autograd's
+            # tape (each step's product and tanh), the stacked output, grad_output and
+            # their product
+            need = {"ours": 3.2 * array, "torch": 6 * array}
+            budget = config["memory_fraction"] * free_memory(torch, device)
+            if need["ours"] > budget:
+                rows.append([E, N, dtype, "-", f"skipped: needs ~{need['ours'] / 2 ** 30:.0f} GiB"]
+                            + [""] * 6)
                 continue
             cell, x, h0, grad = ensemble_case(E, N, T, np.dtype(dtype))
+            times = {}
             ours = ours_ensemble(cell, x, h0, grad)
-            theirs = torch_ensemble(torch, device, cell, x, h0, grad)
-            check_close(f"ensemble E={E} N={N} {dtype} output",
-                        ours[0]().hs.copy_to_host()[:, :, 0].transpose(1, 0, 2),
-                        theirs[0]().cpu().numpy(), dtype)
+            output = ours[0]().hs.copy_to_host()[:, :, 0].transpose(1, 0, 2)
+            times["ours"] = [timed(run, torch, device, config["repeats"]) for run in ours]
+            del ours
+            if need["torch"] <= config["memory_fraction"] * free_memory(torch, device):
+                try:
+                    theirs = torch_ensemble(torch, device, cell, x, h0, grad)
+                    check_close(f"ensemble E={E} N={N} {dtype} output", output,
+                                theirs[0]().cpu().numpy(), dtype)
+                    times["torch"] = [timed(run, torch, device, config["repeats"])
+                                      for run in theirs]
+                except torch.OutOfMemoryError:
+                    pass
+                theirs = None
             for name, backward in (("fwd", 0), ("fwd+bptt", 1)):
-                mine = timed(ours[backward], torch, device, config["repeats"])
-                peer = timed(theirs[backward], torch, device, config["repeats"])
+                mine = times["ours"][backward]
                 flops = common.rnn_flops(T, 1, N, N, 1, ensemble=E, backward=bool(backward))
                 n_bytes = ensemble_bytes(E, N, T, itemsize, backward)
-                rows.append([E, N, dtype, name, mine * 1e3, peer * 1e3, peer / mine]
-                            + rates_row(mine, flops, n_bytes, bandwidth, gemm[dtype])
-                            + [rates_row(peer, flops, n_bytes, bandwidth, gemm[dtype])[2]])
-                print(f"  E={E} N={N} {dtype} {name}: ours {mine * 1e3:.3g} ms, "
-                      f"torch {peer * 1e3:.3g} ms", flush=True)  # the table comes at the end
-            del ours, theirs
-            if device == "cuda":
-                torch.cuda.empty_cache()
+                row = [E, N, dtype, name, mine * 1e3]
+                if "torch" in times:
+                    peer = times["torch"][backward]
+                    row += [peer * 1e3, peer / mine]
+                    peer_bound = rates_row(peer, flops, n_bytes, bandwidth, gemm[dtype])[2]
+                else:
+                    peer = None
+                    row += [f"needs ~{need['torch'] / 2 ** 30:.0f} GiB", "-"]
+                    peer_bound = "-"
+                rows.append(row + rates_row(mine, flops, n_bytes, bandwidth, gemm[dtype])
+                            + [peer_bound])
+                print(f"  E={E} N={N} {dtype} {name}: ours {mine * 1e3:.3g} ms, torch "
+                      + (f"{peer * 1e3:.3g} ms" if peer else "skipped"), flush=True)
     common.print_table(["E", "N", "dtype", "pass", "ours ms", "torch ms", "torch/ours",
                         "ours GB/s", "ours GF/s", "ours bound %", "torch bound %"], rows,
                        title=f"(ensemble) tanh RNNs, B = 1, T = {config['steps']}, driven")
@@ -248,6 +283,9 @@ def section_single(torch, device, config, gemm):
     cell, x = single_case(config)
     ours_forward, ours_bptt = ours_single(cell, x)
 
+    # cuDNN's float32 LSTM multiplies in TF32 (10-bit mantissas) unless told not to; ours
+    # is float32 throughout, so compare float32 with float32
+    torch.backends.cudnn.allow_tf32 = False
     lstm = torch.nn.LSTM(H, H)
     lstm.load_state_dict(dynamics.to_torch_state_dict(cell))
     lstm = lstm.to(device)
@@ -341,9 +379,10 @@ def section_lyapunov(torch, device, config, bandwidth, gemm):
 # -- where the time goes ------------------------------------------------------------------
 
 def kernel_profile(run):
-    """(wall seconds of ``run()``, {kernel: [launches, seconds]}): every launch made
-    through numba-cuda is synchronised and timed on its own, so host work (allocations,
-    transfers, Python) is the wall time less the kernels' sum."""
+    """(wall seconds of ``run()``, {"kernel grid": [launches, seconds]}): every launch
+    made through numba-cuda is synchronised and timed on its own, so host work
+    (allocations, transfers, Python) is the wall time less the kernels' sum. Launches are
+    told apart by their grid, which tells which product of a pass a ``matmul`` is."""
     from numba import cuda
     from numba.cuda import dispatcher
 
@@ -355,7 +394,8 @@ def kernel_profile(run):
         start = time.perf_counter()
         result = launch(kernel, args, configuration)
         cuda.synchronize()
-        entry = kernels.setdefault(kernel.py_func.__qualname__.split(".")[0], [0, 0.0])
+        name = f"{kernel.py_func.__qualname__.split('.')[0]} {configuration.griddim}"
+        entry = kernels.setdefault(name, [0, 0.0])
         entry[0] += 1
         entry[1] += time.perf_counter() - start
         return result
@@ -421,12 +461,11 @@ def main(argv=None):
     gpu_name = "numba CUDA simulator" if simulated else cuda.get_current_device().name
     print(f"gpu: {gpu_name}; torch {torch.__version__} on {device}"
           + ("" if device == "cuda" else " (no GPU for torch: numbers meaningless)"))
-    free = torch.cuda.mem_get_info()[0] if device == "cuda" else 2 ** 34
     start = time.time()
     bandwidth, gemm = ceilings(torch, device, config)
     print(f"ceilings: copy {bandwidth:.0f} GB/s, GEMM float32 {gemm['float32']:.0f} GFLOP/s, "
           f"float64 {gemm['float64']:.0f} GFLOP/s")
-    sections = {"ensemble": lambda: section_ensemble(torch, device, config, bandwidth, gemm, free),
+    sections = {"ensemble": lambda: section_ensemble(torch, device, config, bandwidth, gemm),
                 "single": lambda: section_single(torch, device, config, gemm),
                 "lyapunov": lambda: section_lyapunov(torch, device, config, bandwidth, gemm),
                 "profile": lambda: section_profile(config)}
