@@ -135,7 +135,7 @@ def matmul(a, b, c, trans_a=False, trans_b=False, accumulate=False, bias=None,
                    accumulate, _group(bias, group), sum_members)
         return
     kernel = kernels.matmul_kernel(c.dtype)
-    grid = ((n_cols + TILE - 1) // TILE, (n_rows + TILE - 1) // TILE, n_members)
+    grid = (-(-n_cols // kernels.BLOCK_SIDE), -(-n_rows // kernels.BLOCK_SIDE), n_members)
     no_bias = cuda.device_array((1, 0), c.dtype)
     n_chunks = 1 if bias is not None else _chunks(n_terms, grid[0] * grid[1] * n_members)
     if n_chunks == 1:

@@ -19,8 +19,9 @@ Two ways to run the recurrence, chosen by ``dynamics`` from shapes:
   kernel. For few, large networks with a batch (H = 1024, B = 256).
 
 Input projections, parameter gradients and dL/dx are matrix products over all steps
-(``matmul``: TILE x TILE thread tiles through shared memory; long sums split into a
-fixed number of chunks, from shapes only, added in order by ``add_chunks``).
+(``matmul``: a BLOCK_SIDE x BLOCK_SIDE tile of c per block of TILE x TILE threads, 4 x 4
+outputs per thread, through shared memory; long sums split into a fixed number of
+chunks, from shapes only, added in order by ``add_chunks``).
 """
 import functools
 import math
@@ -352,6 +353,14 @@ def step_backward(cell, t, p, grad, dh, dc, h_prev, c_prev, hs, cs, dph, direct)
         dc[e, b, u] = dc_new
 
 
+#: Outputs per thread along each side of a ``matmul_kernel`` block: its TILE x TILE
+#: threads compute a BLOCK_SIDE x BLOCK_SIDE tile of c, each thread 4 x 4 of them (held
+#: in registers), and read each loaded value of a and b 4 times from shared memory.
+PER_THREAD = 4
+BLOCK_SIDE = TILE * PER_THREAD
+PADDED_SIDE = BLOCK_SIDE + 1  # a shared tile's row: the padding spreads stores over banks
+
+
 @functools.lru_cache(maxsize=None)
 def matmul_kernel(dtype):
     """``kernel(a, b, c, bias, trans_a, trans_b, accumulate, sum_members, k0, k1)``:
@@ -359,48 +368,68 @@ def matmul_kernel(dtype):
     A_e = a[e] (M, K) or, if ``trans_a``, a[e].T; B_e likewise from ``b``; a leading
     axis of 1 broadcasts over members; with ``sum_members``, c has one member and the
     sum runs over every member's products too (member by member, k in order). Grid
-    (ceil(N / TILE), ceil(M / TILE), members of c), block (TILE, TILE)."""
+    (ceil(N / BLOCK_SIDE), ceil(M / BLOCK_SIDE), members of c), block (TILE, TILE);
+    thread (x, y) computes rows y + TILE i and columns x + TILE j of its block's tile."""
     scalar = numba_float(dtype)
+    steps = TILE * TILE  # threads, each loading one value of a tile per step
 
     @cuda.jit
     def kernel(a, b, c, bias, trans_a, trans_b, accumulate, sum_members, k0, k1):
         n_rows, n_cols = c.shape[1], c.shape[2]
-        tile_a = cuda.shared.array((TILE, TILE), scalar)
-        tile_b = cuda.shared.array((TILE, TILE), scalar)
+        tile_a = cuda.shared.array((TILE, PADDED_SIDE), scalar)  # (k, row of c)
+        tile_b = cuda.shared.array((TILE, PADDED_SIDE), scalar)  # (k, column of c)
+        acc = cuda.local.array((PER_THREAD, PER_THREAD), scalar)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        m0, n0 = cuda.blockIdx.y * TILE, cuda.blockIdx.x * TILE
-        m, n = m0 + ty, n0 + tx
+        thread = ty * TILE + tx
+        m0, n0 = cuda.blockIdx.y * BLOCK_SIDE, cuda.blockIdx.x * BLOCK_SIDE
         e = cuda.blockIdx.z
         zero = scalar(0)
-        acc = zero
-        if bias.shape[1] > 0 and n < n_cols:
-            acc = bias[0 if bias.shape[0] == 1 else e, n]
+        for j in range(PER_THREAD):
+            n = n0 + tx + TILE * j
+            start = zero
+            if bias.shape[1] > 0 and n < n_cols:
+                start = bias[0 if bias.shape[0] == 1 else e, n]
+            for i in range(PER_THREAD):
+                acc[i, j] = start
         n_members = max(a.shape[0], b.shape[0]) if sum_members else 1
         for member in range(n_members):
             em = member if sum_members else e
             ea = 0 if a.shape[0] == 1 else em
             eb = 0 if b.shape[0] == 1 else em
             for kt in range(k0, k1, TILE):
-                # tile_a[i, k] = A(m0 + i, kt + k), tile_b[k, j] = B(kt + k, n0 + j), each
-                # loaded along a row of memory by consecutive threads
-                if trans_a:
-                    value = a[ea, kt + ty, m0 + tx] if kt + ty < k1 and m0 + tx < n_rows else zero
-                    tile_a[tx, ty] = value
-                else:
-                    value = a[ea, m0 + ty, kt + tx] if m0 + ty < n_rows and kt + tx < k1 else zero
-                    tile_a[ty, tx] = value
-                if trans_b:
-                    value = b[eb, n0 + ty, kt + tx] if n0 + ty < n_cols and kt + tx < k1 else zero
-                    tile_b[tx, ty] = value
-                else:
-                    value = b[eb, kt + ty, n0 + tx] if kt + ty < k1 and n0 + tx < n_cols else zero
-                    tile_b[ty, tx] = value
+                # each thread loads PER_THREAD values of each tile; consecutive threads
+                # read consecutive addresses of a row of memory
+                for r in range(PER_THREAD):
+                    index = thread + steps * r
+                    if trans_a:  # A(m, k) = a[k, m]: along m
+                        i, k = index % BLOCK_SIDE, index // BLOCK_SIDE
+                        inside = kt + k < k1 and m0 + i < n_rows
+                        tile_a[k, i] = a[ea, kt + k, m0 + i] if inside else zero
+                    else:  # A(m, k) = a[m, k]: along k
+                        k, i = index % TILE, index // TILE
+                        inside = kt + k < k1 and m0 + i < n_rows
+                        tile_a[k, i] = a[ea, m0 + i, kt + k] if inside else zero
+                    if trans_b:  # B(k, n) = b[n, k]: along k
+                        k, j = index % TILE, index // TILE
+                        inside = kt + k < k1 and n0 + j < n_cols
+                        tile_b[k, j] = b[eb, n0 + j, kt + k] if inside else zero
+                    else:  # B(k, n) = b[k, n]: along n
+                        j, k = index % BLOCK_SIDE, index // BLOCK_SIDE
+                        inside = kt + k < k1 and n0 + j < n_cols
+                        tile_b[k, j] = b[eb, kt + k, n0 + j] if inside else zero
                 cuda.syncthreads()
                 for k in range(min(TILE, k1 - kt)):
-                    acc += tile_a[ty, k] * tile_b[k, tx]
+                    for i in range(PER_THREAD):
+                        row = tile_a[k, ty + TILE * i]
+                        for j in range(PER_THREAD):
+                            acc[i, j] += row * tile_b[k, tx + TILE * j]
                 cuda.syncthreads()
-        if m < n_rows and n < n_cols:
-            c[e, m, n] = c[e, m, n] + acc if accumulate else acc
+        for i in range(PER_THREAD):
+            m = m0 + ty + TILE * i
+            for j in range(PER_THREAD):
+                n = n0 + tx + TILE * j
+                if m < n_rows and n < n_cols:
+                    c[e, m, n] = c[e, m, n] + acc[i, j] if accumulate else acc[i, j]
 
     return kernel
 

@@ -108,6 +108,31 @@ def test_long_sums_split_into_chunks(monkeypatch):
         assert_agree(cuda[name], cpu[name], np.float64, name)
 
 
+@examples(4)
+@given(shape=st.tuples(st.integers(1, 70), st.integers(1, 70), st.integers(1, 40)),
+       members=st.sampled_from([(2, 2), (1, 2), (2, 1)]), trans_a=st.booleans(),
+       trans_b=st.booleans(), accumulate=st.booleans(), bias=st.booleans(),
+       sum_members=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_matmul_agrees_with_numpy(shape, members, trans_a, trans_b, accumulate, bias,
+                                  sum_members, seed):
+    """Every option of ``gpu.matmul`` (transposes, a broadcast operand, accumulation, a
+    bias, the sum over members) against NumPy, on shapes that end inside a block's tile
+    and span more than one (M, N up to 70 > BLOCK_SIDE)."""
+    assume(not (bias and (accumulate or sum_members)))  # as the toolkit calls it
+    (M, N, K), rng = shape, np.random.default_rng(seed)
+    a = rng.normal(size=(members[0],) + ((K, M) if trans_a else (M, K)))
+    b = rng.normal(size=(members[1],) + ((N, K) if trans_b else (K, N)))
+    products = (np.swapaxes(a, 1, 2) if trans_a else a) @ (np.swapaxes(b, 1, 2) if trans_b else b)
+    want = products.sum(axis=0, keepdims=True) if sum_members else products
+    start = rng.normal(size=want.shape)
+    offset = rng.normal(size=(want.shape[0], N)) if bias else None
+    c = gpu.to_device(start)
+    gpu.matmul(gpu.to_device(a), gpu.to_device(b), c, trans_a, trans_b, accumulate,
+               None if offset is None else gpu.to_device(offset), sum_members)
+    want = want + (start if accumulate else 0) + (offset[:, None, :] if bias else 0)
+    np.testing.assert_allclose(gpu.to_host(c), want, rtol=1e-12, atol=1e-12)
+
+
 def test_products_of_more_members_than_the_grid_allows_run_in_groups(monkeypatch):
     """More members than CUDA's grid z extent (65,535; 2 here): ``matmul`` launches them
     in groups, with the same bits (a broadcast operand and a bias included)."""
