@@ -361,6 +361,23 @@ BLOCK_SIDE = TILE * PER_THREAD
 PADDED_SIDE = BLOCK_SIDE + 1  # a shared tile's row: the padding spreads stores over banks
 
 
+@cuda.jit(device=True)
+def load_tile(source, member, k_major, outer0, n_outer, kt, k1, index, tile, zero):
+    """One of a ``matmul_kernel`` thread's loads of a shared tile: tile[k, i] =
+    S[outer0 + i, kt + k] (zero outside S), S = source[member] (outer, K), or its
+    transpose if ``k_major`` (source[member] is (K, outer)). Consecutive ``index`` values
+    read consecutive addresses."""
+    if k_major:
+        i, k = index % BLOCK_SIDE, index // BLOCK_SIDE
+    else:
+        k, i = index % TILE, index // TILE
+    if kt + k < k1 and outer0 + i < n_outer:
+        tile[k, i] = source[member, kt + k, outer0 + i] if k_major else \
+            source[member, outer0 + i, kt + k]
+    else:
+        tile[k, i] = zero
+
+
 @functools.lru_cache(maxsize=None)
 def matmul_kernel(dtype):
     """``kernel(a, b, c, bias, trans_a, trans_b, accumulate, sum_members, k0, k1)``:
@@ -401,22 +418,8 @@ def matmul_kernel(dtype):
                 # read consecutive addresses of a row of memory
                 for r in range(PER_THREAD):
                     index = thread + steps * r
-                    if trans_a:  # A(m, k) = a[k, m]: along m
-                        i, k = index % BLOCK_SIDE, index // BLOCK_SIDE
-                        inside = kt + k < k1 and m0 + i < n_rows
-                        tile_a[k, i] = a[ea, kt + k, m0 + i] if inside else zero
-                    else:  # A(m, k) = a[m, k]: along k
-                        k, i = index % TILE, index // TILE
-                        inside = kt + k < k1 and m0 + i < n_rows
-                        tile_a[k, i] = a[ea, m0 + i, kt + k] if inside else zero
-                    if trans_b:  # B(k, n) = b[n, k]: along k
-                        k, j = index % TILE, index // TILE
-                        inside = kt + k < k1 and n0 + j < n_cols
-                        tile_b[k, j] = b[eb, n0 + j, kt + k] if inside else zero
-                    else:  # B(k, n) = b[k, n]: along n
-                        j, k = index % BLOCK_SIDE, index // BLOCK_SIDE
-                        inside = kt + k < k1 and n0 + j < n_cols
-                        tile_b[k, j] = b[eb, kt + k, n0 + j] if inside else zero
+                    load_tile(a, ea, trans_a, m0, n_rows, kt, k1, index, tile_a, zero)
+                    load_tile(b, eb, not trans_b, n0, n_cols, kt, k1, index, tile_b, zero)
                 cuda.syncthreads()
                 for k in range(min(TILE, k1 - kt)):
                     for i in range(PER_THREAD):
