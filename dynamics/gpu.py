@@ -26,9 +26,10 @@ __all__ = ["require_gpu", "layer_forward", "layer_backward", "to_device", "to_ho
 #: batched recurrence's tiles; otherwise each step is a tiled matrix product.
 WALK_MIN_SEQUENCES = 2048
 BATCHED_MIN_BATCH = 32
-#: Long sums of ``matmul`` (over T * B rows) are split into chunks of at least this many
-#: terms when the product alone has fewer than ``SPLIT_BELOW_BLOCKS`` tiles.
-SPLIT_MIN_TERMS = 1024
+#: Long sums of ``matmul`` (over T * B rows, or over members) are split into chunks of at
+#: least this many terms when the product alone has fewer than ``SPLIT_BELOW_BLOCKS``
+#: tiles.
+SPLIT_MIN_TERMS = 256
 SPLIT_BELOW_BLOCKS = 1024
 THREADS = 256
 #: The largest grid z extent CUDA launches: ``matmul``'s grid has one z per member.
@@ -122,10 +123,11 @@ def _group(array, members):
 def matmul(a, b, c, trans_a=False, trans_b=False, accumulate=False, bias=None,
            sum_members=False):
     """c[e] = [c[e] +] [bias[e] +] op(a[e]) op(b[e]) on (members, rows, cols) device
-    arrays (views allowed; a leading axis of 1 broadcasts); see
-    ``kernels.cuda_sequence.matmul_kernel``. Deterministic: a fixed split of long sums."""
+    arrays (views allowed; a leading axis of 1 broadcasts); with ``sum_members``, c[0] =
+    [c[0] +] the sum over members; see ``kernels.cuda_sequence.matmul_kernel``.
+    Deterministic: long sums split into a number of chunks fixed by the shapes, run side
+    by side in one launch, and added in order."""
     n_members, n_rows, n_cols = c.shape
-    n_terms = a.shape[1] if trans_a else a.shape[2]
     if c.size == 0:
         return
     if n_members > MAX_GRID_Z:  # one launch per group of members (each sum is unchanged)
@@ -134,21 +136,22 @@ def matmul(a, b, c, trans_a=False, trans_b=False, accumulate=False, bias=None,
             matmul(_group(a, group), _group(b, group), view(c, group), trans_a, trans_b,
                    accumulate, _group(bias, group), sum_members)
         return
+    n_terms = ((max(a.shape[0], b.shape[0]) if sum_members else 1)
+               * (a.shape[1] if trans_a else a.shape[2]))
     kernel = kernels.matmul_kernel(c.dtype)
-    grid = (-(-n_cols // kernels.BLOCK_SIDE), -(-n_rows // kernels.BLOCK_SIDE), n_members)
+    tiles = (-(-n_cols // kernels.BLOCK_SIDE), -(-n_rows // kernels.BLOCK_SIDE))
+    n_chunks = 1 if bias is not None else _chunks(n_terms, tiles[0] * tiles[1] * n_members)
+    grid, size = tiles + (n_chunks * n_members,), -(-n_terms // n_chunks)
     no_bias = cuda.device_array((1, 0), c.dtype)
-    n_chunks = 1 if bias is not None else _chunks(n_terms, grid[0] * grid[1] * n_members)
     if n_chunks == 1:
-        kernel[grid, (TILE, TILE)](a, b, c, no_bias if bias is None else bias, trans_a, trans_b,
-                                   accumulate, sum_members, 0, n_terms)
+        kernel[grid, (TILE, TILE)](a, b, c, no_bias if bias is None else bias, trans_a,
+                                   trans_b, accumulate, sum_members, n_members, size)
         return
-    partial = cuda.device_array((n_chunks,) + c.shape, c.dtype)
-    size = -(-n_terms // n_chunks)
-    for z in range(n_chunks):
-        kernel[grid, (TILE, TILE)](a, b, view(partial, z), no_bias, trans_a, trans_b, False,
-                                   sum_members, min(z * size, n_terms),
-                                   min((z + 1) * size, n_terms))
-    kernels.add_chunks[_grid(c.size), THREADS](partial, c, accumulate)
+    partial = cuda.device_array((n_chunks * n_members, n_rows, n_cols), c.dtype)
+    kernel[grid, (TILE, TILE)](a, b, partial, no_bias, trans_a, trans_b, False, sum_members,
+                               n_members, size)
+    kernels.add_chunks[_grid(c.size), THREADS](
+        partial.reshape((n_chunks, n_members, n_rows, n_cols)), c, accumulate)
 
 
 def uses_walk(n_members, batch):

@@ -380,18 +380,22 @@ def load_tile(source, member, k_major, outer0, n_outer, kt, k1, index, tile, zer
 
 @functools.lru_cache(maxsize=None)
 def matmul_kernel(dtype):
-    """``kernel(a, b, c, bias, trans_a, trans_b, accumulate, sum_members, k0, k1)``:
-    c[e] (M, N) = [c[e] +] [bias[e] +] sum over k0 <= k < k1 of A_e[:, k] B_e[k, :],
-    A_e = a[e] (M, K) or, if ``trans_a``, a[e].T; B_e likewise from ``b``; a leading
-    axis of 1 broadcasts over members; with ``sum_members``, c has one member and the
-    sum runs over every member's products too (member by member, k in order). Grid
-    (ceil(N / BLOCK_SIDE), ceil(M / BLOCK_SIDE), members of c), block (TILE, TILE);
-    thread (x, y) computes rows y + TILE i and columns x + TILE j of its block's tile."""
+    """``kernel(a, b, c, bias, trans_a, trans_b, accumulate, sum_members, n_members,
+    chunk_terms)``: c[e] (M, N) = [c[e] +] [bias[e] +] op(a[e]) op(b[e]), A_e = a[e]
+    (M, K) or, if ``trans_a``, a[e].T; B_e likewise from ``b``; a leading axis of 1
+    broadcasts over the ``n_members`` of the result; with ``sum_members`` the result has
+    one member and its sum runs over every member's products (member by member, k in
+    order). The terms of each sum, (member, k) in that order, are split into chunks of
+    ``chunk_terms``: grid z = chunk * n_members + e, and ``c[z]`` receives chunk z's part
+    (one chunk: ``c`` itself; more: partial sums, for ``add_chunks``). Grid x and y:
+    ceil(N / BLOCK_SIDE), ceil(M / BLOCK_SIDE); block (TILE, TILE): thread (x, y)
+    computes rows y + TILE i and columns x + TILE j of its block's tile."""
     scalar = numba_float(dtype)
     steps = TILE * TILE  # threads, each loading one value of a tile per step
 
     @cuda.jit
-    def kernel(a, b, c, bias, trans_a, trans_b, accumulate, sum_members, k0, k1):
+    def kernel(a, b, c, bias, trans_a, trans_b, accumulate, sum_members, n_members,
+               chunk_terms):
         n_rows, n_cols = c.shape[1], c.shape[2]
         tile_a = cuda.shared.array((TILE, PADDED_SIDE), scalar)  # (k, row of c)
         tile_b = cuda.shared.array((TILE, PADDED_SIDE), scalar)  # (k, column of c)
@@ -399,7 +403,8 @@ def matmul_kernel(dtype):
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         thread = ty * TILE + tx
         m0, n0 = cuda.blockIdx.y * BLOCK_SIDE, cuda.blockIdx.x * BLOCK_SIDE
-        e = cuda.blockIdx.z
+        z = cuda.blockIdx.z
+        e = z % n_members
         zero = scalar(0)
         for j in range(PER_THREAD):
             n = n0 + tx + TILE * j
@@ -408,8 +413,14 @@ def matmul_kernel(dtype):
                 start = bias[0 if bias.shape[0] == 1 else e, n]
             for i in range(PER_THREAD):
                 acc[i, j] = start
-        n_members = max(a.shape[0], b.shape[0]) if sum_members else 1
-        for member in range(n_members):
+        n_k = a.shape[1] if trans_a else a.shape[2]
+        n_summed = max(a.shape[0], b.shape[0]) if sum_members else 1
+        first = (z // n_members) * chunk_terms
+        last = min(first + chunk_terms, n_summed * n_k)
+        term = first
+        while term < last:  # (member, k) = divmod(term, n_k)
+            member = term // n_k
+            k0, k1 = term - member * n_k, min(n_k, last - member * n_k)
             em = member if sum_members else e
             ea = 0 if a.shape[0] == 1 else em
             eb = 0 if b.shape[0] == 1 else em
@@ -427,12 +438,13 @@ def matmul_kernel(dtype):
                         for j in range(PER_THREAD):
                             acc[i, j] += row * tile_b[k, tx + TILE * j]
                 cuda.syncthreads()
+            term = (member + 1) * n_k
         for i in range(PER_THREAD):
             m = m0 + ty + TILE * i
             for j in range(PER_THREAD):
                 n = n0 + tx + TILE * j
                 if m < n_rows and n < n_cols:
-                    c[e, m, n] = c[e, m, n] + acc[i, j] if accumulate else acc[i, j]
+                    c[z, m, n] = c[z, m, n] + acc[i, j] if accumulate else acc[i, j]
 
     return kernel
 

@@ -112,12 +112,13 @@ def test_long_sums_split_into_chunks(monkeypatch):
 @given(shape=st.tuples(st.integers(1, 70), st.integers(1, 70), st.integers(1, 40)),
        members=st.sampled_from([(2, 2), (1, 2), (2, 1)]), trans_a=st.booleans(),
        trans_b=st.booleans(), accumulate=st.booleans(), bias=st.booleans(),
-       sum_members=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+       sum_members=st.booleans(), split=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
 def test_matmul_agrees_with_numpy(shape, members, trans_a, trans_b, accumulate, bias,
-                                  sum_members, seed):
+                                  sum_members, split, seed):
     """Every option of ``gpu.matmul`` (transposes, a broadcast operand, accumulation, a
-    bias, the sum over members) against NumPy, on shapes that end inside a block's tile
-    and span more than one (M, N up to 70 > BLOCK_SIDE)."""
+    bias, the sum over members, sums split into chunks that may cut across members)
+    against NumPy, on shapes that end inside a block's tile and span more than one
+    (M, N up to 70 > BLOCK_SIDE)."""
     assume(not (bias and (accumulate or sum_members)))  # as the toolkit calls it
     (M, N, K), rng = shape, np.random.default_rng(seed)
     a = rng.normal(size=(members[0],) + ((K, M) if trans_a else (M, K)))
@@ -127,8 +128,12 @@ def test_matmul_agrees_with_numpy(shape, members, trans_a, trans_b, accumulate, 
     start = rng.normal(size=want.shape)
     offset = rng.normal(size=(want.shape[0], N)) if bias else None
     c = gpu.to_device(start)
-    gpu.matmul(gpu.to_device(a), gpu.to_device(b), c, trans_a, trans_b, accumulate,
-               None if offset is None else gpu.to_device(offset), sum_members)
+    with pytest.MonkeyPatch.context() as patch:
+        if split:  # chunks of 3 or more terms, up to 8 blocks in all
+            patch.setattr(gpu, "SPLIT_MIN_TERMS", 3)
+            patch.setattr(gpu, "SPLIT_BELOW_BLOCKS", 8)
+        gpu.matmul(gpu.to_device(a), gpu.to_device(b), c, trans_a, trans_b, accumulate,
+                   None if offset is None else gpu.to_device(offset), sum_members)
     want = want + (start if accumulate else 0) + (offset[:, None, :] if bias else 0)
     np.testing.assert_allclose(gpu.to_host(c), want, rtol=1e-12, atol=1e-12)
 
