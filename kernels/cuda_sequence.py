@@ -391,7 +391,7 @@ def matmul_kernel(dtype):
     ceil(N / BLOCK_SIDE), ceil(M / BLOCK_SIDE); block (TILE, TILE): thread (x, y)
     computes rows y + TILE i and columns x + TILE j of its block's tile."""
     scalar = numba_float(dtype)
-    steps = TILE * TILE  # threads, each loading one value of a tile per step
+    n_threads = TILE * TILE  # each loads PER_THREAD values of each tile per k step
 
     @cuda.jit
     def kernel(a, b, c, bias, trans_a, trans_b, accumulate, sum_members, n_members,
@@ -428,7 +428,7 @@ def matmul_kernel(dtype):
                 # each thread loads PER_THREAD values of each tile; consecutive threads
                 # read consecutive addresses of a row of memory
                 for r in range(PER_THREAD):
-                    index = thread + steps * r
+                    index = thread + n_threads * r
                     load_tile(a, ea, trans_a, m0, n_rows, kt, k1, index, tile_a, zero)
                     load_tile(b, eb, not trans_b, n0, n_cols, kt, k1, index, tile_b, zero)
                 cuda.syncthreads()
