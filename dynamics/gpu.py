@@ -184,8 +184,8 @@ def layer_forward(cell, x, h0, c0, reverse, additive=False):
     dtype = h0.dtype
     n_members, batch, hidden = h0.shape
     n_steps = x.shape[x.ndim - 3]
-    host = member_major_parameters(cell, dtype)
-    weight_ih, bias_ih, weight_hh, bias_hh = (to_device(a) for a in host)
+    weight_ih, bias_ih, weight_hh, bias_hh = (to_device(a)
+                                              for a in member_major_parameters(cell, dtype))
     n_rows = weight_hh.shape[1]
     hs = cuda.device_array((n_members, n_steps, batch, hidden), dtype)
     cs = cuda.device_array((n_members, n_steps, batch, hidden if cell.code == LSTM else 0),

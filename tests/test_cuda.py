@@ -297,6 +297,21 @@ def test_every_kernel_compiles_for_a_real_gpu():
     assert "0 failed" in done.stdout
 
 
+@pytest.mark.parametrize("array", [np.zeros((10, 1, 3))[None],  # a zero stride
+                                   np.zeros((10, 1, 3)).transpose(1, 0, 2),
+                                   np.zeros((4, 1, 0), np.float32),  # empty: zero strides
+                                   np.zeros((4, 6))[:, :2]])  # not contiguous
+def test_arrays_go_to_the_gpu_with_fresh_strides(array):
+    """numba-cuda keeps the strides it is given: on a real GPU it refused to reshape a
+    ``drive[None]`` (stride 0 on its length-1 axis) and to slice an empty array with zero
+    strides. ``c_order`` gives every array the C strides of its shape (the simulator
+    copies arrays, so only this test sees the strides)."""
+    ordered = gpu.c_order(array)
+    np.testing.assert_array_equal(ordered, array)
+    c_strides = np.cumprod((1,) + array.shape[:0:-1])[::-1] * array.itemsize
+    assert ordered.strides == tuple(int(s) for s in c_strides)
+
+
 VIEW_CHECK = """
 import numpy as np
 from numba.cuda.cudadrv.devicearray import DeviceNDArray
