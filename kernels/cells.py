@@ -176,8 +176,8 @@ def panel_width(out):
     return PANEL_VECTORS * VECTOR_BITS // (8 * out.itemsize)
 
 
-#: Whether register panels multiply faster than the BLAS that numba's ``np.dot`` calls
-#: (OpenBLAS, its Haswell kernels on AMD), for the products whose order of summation is
+#: Whether register panels multiply faster than BLAS (``kernels.blas``: OpenBLAS, its
+#: Haswell kernels on AMD), for the products whose order of summation is
 #: free (the analysis walks): with AVX-512 they run at twice its rate (float64, 256 x
 #: 256 on one Zen 5 core: 103 GFLOP/s against 55), with AVX2 at 0.6-0.7 of it (float64,
 #: 200 x 200 on one Zen 3 core: 0.58 ms against 0.40; the full Lyapunov spectrum of

@@ -20,7 +20,7 @@ limited to one thread (``dynamics.layer.single_threaded_blas``).
 import numpy as np
 
 from kernels._jit import jit
-from kernels.blas import (add_product_transposed_by_blas, add_transposed_product_by_blas,
+from kernels.blas import (add_product_transposed_by_blas, add_transposed_product_by_blas, gemm,
                           rows_for_blas)
 from kernels.cells import (GRU, PAGE_BYTES, PANELS_BEAT_BLAS, add_packed_product, fits_panels,
                            pack_member_panels, pack_panels, panel_width)
@@ -345,22 +345,11 @@ def _input_gradient_chunk(item, p, weight_ih, packed_ih, grad_x, fresh):
 @jit(inline=True)
 def _input_gradients_by_blas(p, weight_ih, first, last, r0, r1, out, fresh):
     """out (+)= sum over members first..last-1 of p[e, r0:r1, :G*H] W_ih[e], one BLAS
-    product each."""
-    n, width = r1 - r0, p.shape[2]
-    n_out, n_in = weight_ih.shape[1], weight_ih.shape[2]
-    d_in = np.empty((n if width != n_out else 0, n_out), p.dtype)
-    term = np.empty((n if last - first > 1 or not fresh else 0, n_in), p.dtype)
+    product each, added in member order (GRU: the first 3H of 4H columns of p)."""
+    n_out = weight_ih.shape[1]
     for e in range(first, last):
-        source = p[e, r0:r1]
-        if width != n_out:  # GRU: the input gradients are the first 3H of 4H columns
-            for r in range(n):
-                copy_into(source[r, :n_out], d_in[r])
-        if fresh and e == first:  # straight into dL/dx
-            np.dot(source if width == n_out else d_in, weight_ih[e], out)
-        else:
-            np.dot(source if width == n_out else d_in, weight_ih[e], term)
-            for r in range(n):
-                add_into(term[r], out[r])
+        add = not fresh or e > first
+        gemm(p[e, r0:r1, :n_out], False, weight_ih[e], False, 1.0 if add else 0.0, out)
 
 
 def _rows(a):

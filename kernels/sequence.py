@@ -30,6 +30,7 @@ time index.
 import numpy as np
 
 from kernels._jit import jit
+from kernels.blas import product_by_blas
 from kernels.cells import (add_packed_product, cell_backward, cell_forward, fits_panels,
                            pack_panels, panel_width, recurrent_matvec, transposed_matvec)
 from kernels.memory import add_into, copy_array, copy_into, fill, prefetch
@@ -91,7 +92,7 @@ def _forward_walk(item, cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0,
                 copy_into(bias_ih, projected[k])
             add_packed_product(chunk[:n], packed_ih, projected[:n])
         else:
-            np.dot(chunk[:n], w_ih, projected[:n])
+            product_by_blas(chunk[:n], w_ih, projected[:n])
             for k in range(n):
                 add_into(bias_ih, projected[k])
         for k in range(n):

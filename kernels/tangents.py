@@ -32,6 +32,7 @@ import numba
 import numpy as np
 
 from kernels._jit import jit
+from kernels.blas import product_by_blas
 from kernels.cells import (LIN_ROWS, PANELS_BEAT_BLAS, add_packed_product, add_product,
                            cell_forward, cell_linearisation, fits_panels, n_gates,
                            pack_member_panels, panel_width, saved_width)
@@ -212,7 +213,7 @@ def _adjoint_rows(chain, e, b, lag, rows, rows_out):
     if PANELS_BEAT_BLAS:
         add_packed_product(gates, weights, through_w)
     else:
-        np.dot(gates, weights, through_w)
+        product_by_blas(gates, weights, through_w)
     adjoint_direct(lin, rows[:, :n_units], rows[:, n_units:], through_w, rows_out[:, :n_units],
                    rows_out[:, n_units:])
 
@@ -318,14 +319,14 @@ def _block_products(tiles, h, q, ph, a, coefficients, sums):
 @jit
 def _product_into(a, b, out):
     """out = a @ b, in register panels when they fit and beat BLAS here
-    (``kernels.cells.add_product``, ``PANELS_BEAT_BLAS``), else by BLAS; nothing to do
-    when ``out`` has no columns."""
+    (``kernels.cells.add_product``, ``PANELS_BEAT_BLAS``), else by BLAS
+    (``kernels.blas``)."""
     if PANELS_BEAT_BLAS and fits_panels(out):
         for row in out:
             fill(row, 0.0)
         add_product(a, b, out)
-    elif out.shape[1] > 0:
-        np.dot(a, b, out)
+    else:
+        product_by_blas(a, b, out)
 
 
 @jit
