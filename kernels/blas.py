@@ -26,6 +26,7 @@ from numba.np.linalg import ensure_blas
 from threadpoolctl import threadpool_info
 
 from kernels._jit import jit
+from kernels.memory import any_layout, copy_into
 
 #: CBLAS's enums: row-major storage, a factor as it is or transposed.
 ROW_MAJOR, AS_IT_IS, TRANSPOSED = 101, 111, 112
@@ -115,53 +116,66 @@ def leading_dimension(a):
     return a.strides[0] // a.itemsize if a.shape[0] > 1 else a.shape[1]
 
 
+@jit(inline=True)
 def gemm(a, transpose_a, b, transpose_b, beta, out):
     """out = op(a) op(b) + beta * out, op a transpose where asked, for 2-D arrays of one
     float dtype and matching shapes; an array whose rows BLAS cannot read as they are
-    (``rows_for_blas``) is copied first, so BLAS never reads outside an array."""
+    (``rows_for_blas``) is copied first, so BLAS never reads outside an array. Compiled
+    once per dtype, whatever the layouts (``kernels.memory.any_layout``)."""
+    _gemm(any_layout(a), transpose_a, any_layout(b), transpose_b, beta, any_layout(out))
 
 
-@overload(gemm)
-def _gemm_impl(a, transpose_a, b, transpose_b, beta, out):
+@jit
+def _gemm(a, transpose_a, b, transpose_b, beta, out):
+    m, n = out.shape
+    n_terms = a.shape[0] if transpose_a else a.shape[1]
+    if m == 0 or n == 0:
+        return
+    if n_terms == 0:  # nothing to multiply (and BLAS refuses empty factors)
+        for i in range(m):
+            for j in range(n):
+                out[i, j] = beta * out[i, j] if beta != 0 else 0.0
+        return
+    readable = rows_for_blas(out)
+    c_rows = out if readable else np.ascontiguousarray(out)
+    _cblas_gemm(a if rows_for_blas(a) else np.ascontiguousarray(a), transpose_a,
+                b if rows_for_blas(b) else np.ascontiguousarray(b), transpose_b, beta, c_rows)
+    if not readable:
+        for i in range(m):
+            copy_into(c_rows[i], out[i])
+
+
+def _cblas_gemm(a, transpose_a, b, transpose_b, beta, out):
+    """The CBLAS call, for non-empty matrices whose rows BLAS can read."""
+
+
+@overload(_cblas_gemm)
+def _cblas_gemm_impl(a, transpose_a, b, transpose_b, beta, out):
     call = _GEMM[out.dtype]
 
     def impl(a, transpose_a, b, transpose_b, beta, out):
         m, n = out.shape
-        n_terms = a.shape[0] if transpose_a else a.shape[1]
-        if m == 0 or n == 0:
-            return
-        if n_terms == 0:  # nothing to multiply (and BLAS refuses empty factors)
-            for i in range(m):
-                for j in range(n):
-                    out[i, j] = beta * out[i, j] if beta != 0 else 0.0
-            return
-        readable = rows_for_blas(out)
-        a_rows = a if rows_for_blas(a) else np.ascontiguousarray(a)
-        b_rows = b if rows_for_blas(b) else np.ascontiguousarray(b)
-        c_rows = out if readable else np.ascontiguousarray(out)
         call(ROW_MAJOR, TRANSPOSED if transpose_a else AS_IT_IS,
-             TRANSPOSED if transpose_b else AS_IT_IS, m, n, n_terms, 1.0, a_rows.ctypes,
-             leading_dimension(a_rows), b_rows.ctypes, leading_dimension(b_rows), beta,
-             c_rows.ctypes, leading_dimension(c_rows))
-        if not readable:
-            out[:, :] = c_rows
+             TRANSPOSED if transpose_b else AS_IT_IS, m, n,
+             a.shape[0] if transpose_a else a.shape[1], 1.0, a.ctypes, leading_dimension(a),
+             b.ctypes, leading_dimension(b), beta, out.ctypes, leading_dimension(out))
 
     return impl
 
 
-@jit
+@jit(inline=True)
 def product_by_blas(a, b, out):
     """out = a b."""
     gemm(a, False, b, False, 0.0, out)
 
 
-@jit
+@jit(inline=True)
 def add_transposed_product_by_blas(a, b, out):
     """out += a^T b for a (k, m), b (k, n), out (m, n)."""
     gemm(a, True, b, False, 1.0, out)
 
 
-@jit
+@jit(inline=True)
 def add_product_transposed_by_blas(a, b, out):
     """out += a b^T for a (m, k), b (n, k), out (m, n)."""
     gemm(a, False, b, True, 1.0, out)
