@@ -121,7 +121,13 @@ def gemm(a, transpose_a, b, transpose_b, beta, out):
     """out = op(a) op(b) + beta * out, op a transpose where asked, for 2-D arrays of one
     float dtype and matching shapes; an array whose rows BLAS cannot read as they are
     (``rows_for_blas``) is copied first, so BLAS never reads outside an array. Compiled
-    once per dtype, whatever the layouts (``kernels.memory.any_layout``)."""
+    once per dtype, whatever the layouts (``kernels.memory.any_layout``).
+
+    >>> a, b, out = np.arange(6.0).reshape(3, 2), np.ones((3, 2)), np.ones((2, 2))
+    >>> gemm(a, True, b, False, 1.0, out)  # out += a^T b
+    >>> out.tolist()
+    [[7.0, 7.0], [10.0, 10.0]]
+    """
     _gemm(any_layout(a), transpose_a, any_layout(b), transpose_b, beta, any_layout(out))
 
 
