@@ -119,9 +119,10 @@ def leading_dimension(a):
 @jit(inline=True)
 def gemm(a, transpose_a, b, transpose_b, beta, out):
     """out = op(a) op(b) + beta * out, op a transpose where asked, for 2-D arrays of one
-    float dtype and matching shapes; an array whose rows BLAS cannot read as they are
-    (``rows_for_blas``) is copied first, so BLAS never reads outside an array. Compiled
-    once per dtype, whatever the layouts (``kernels.memory.any_layout``).
+    float dtype (shapes that do not match raise ValueError); an array whose rows BLAS
+    cannot read as they are (``rows_for_blas``) is copied first, so BLAS never reads
+    outside an array. Compiled once per dtype, whatever the layouts
+    (``kernels.memory.any_layout``).
 
     >>> a, b, out = np.arange(6.0).reshape(3, 2), np.ones((3, 2)), np.ones((2, 2))
     >>> gemm(a, True, b, False, 1.0, out)  # out += a^T b
@@ -135,6 +136,10 @@ def gemm(a, transpose_a, b, transpose_b, beta, out):
 def _gemm(a, transpose_a, b, transpose_b, beta, out):
     m, n = out.shape
     n_terms = a.shape[0] if transpose_a else a.shape[1]
+    if ((a.shape[1] if transpose_a else a.shape[0]) != m
+            or (b.shape[1] if transpose_b else b.shape[0]) != n_terms
+            or (b.shape[0] if transpose_b else b.shape[1]) != n):
+        raise ValueError("gemm: the shapes of op(a), op(b) and out do not match")
     if m == 0 or n == 0:
         return
     if n_terms == 0:  # nothing to multiply (and BLAS refuses empty factors)

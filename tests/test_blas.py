@@ -150,3 +150,14 @@ def test_numpys_own_blas_is_found_where_its_wheels_carry_it():
         pytest.skip(f"NumPy's BLAS here is {blas.get('name')}: the SciPy fallback is used")
     addresses = numpy_gemm_addresses()
     assert addresses is not None and all(addresses.values())
+
+
+def test_shapes_that_do_not_match_are_refused():
+    """BLAS would read past the end of a factor: a clear error instead."""
+    a, b = np.ones((3, 2)), np.ones((3, 2))
+    for transpose_a, transpose_b, out in ((False, False, np.zeros((3, 2))),  # 2 terms, 3 rows
+                                          (True, False, np.zeros((3, 2))),   # out is 2 x 2
+                                          (False, True, np.zeros((3, 2)))):  # out is 3 x 3
+        with pytest.raises(ValueError, match="shapes"):
+            general_product(a, transpose_a, b, transpose_b, 0.0, out)
+    general_product(a, True, b, False, 0.0, np.zeros((2, 2)))  # a^T b fits
