@@ -42,19 +42,19 @@ def saved_width(cell, hidden_size):
     return hidden_size if cell == RNN_TANH or cell == RNN_RELU else 4 * hidden_size
 
 
-@jit
+@jit(inline=True)
 def recurrent_matvec(w_t, h, bias, out, descending):
-    """out = bias + W h, with ``w_t = W.T`` (H, G*H) stored in column blocks
-    (``pack_column_blocks``, read in ``descending`` order or not), each ``out[i]``
-    summed in the order j = 0, 1, ..., H-1."""
+    """out = bias + W h, with ``w_t`` the blocks of W.T (H, G*H) (``column_blocks``,
+    read in ``descending`` order or not), each ``out[i]`` summed in the order j = 0, 1,
+    ..., H-1."""
     copy_into(bias, out)
     accumulate_blocked_rows(w_t, h, out, descending)
 
 
-@jit
+@jit(inline=True)
 def transposed_matvec(w, v, out, descending):
-    """out += W.T v, with ``w = W`` (G*H, H) stored in column blocks
-    (``pack_column_blocks``, read in ``descending`` order or not); fixed order."""
+    """out += W.T v, with ``w`` the blocks of W (G*H, H) (``column_blocks``, read in
+    ``descending`` order or not); fixed order."""
     accumulate_blocked_rows(w, v, out, descending)
 
 
@@ -68,9 +68,9 @@ def column_block_width(itemsize):
 def pack_column_blocks(w):
     """A stack of matrices (E, k, m) as (E, k*m): each matrix's columns in blocks of
     ``column_block_width`` (the last block may be narrower), one after the other, the k
-    rows of a block contiguous. ``accumulate_blocked_rows`` then streams each block as
-    one run of memory, which the hardware prefetcher follows, instead of a part of
-    every row. The walks' recurrent products on one Zen 3 core, W from L2, ns per
+    rows of a block contiguous (``column_blocks`` gives views of them).
+    ``accumulate_blocked_rows`` then streams each block as one run of memory, which the
+    hardware prefetcher follows, instead of a part of every row. The walks' recurrent products on one Zen 3 core, W from L2, ns per
     product in rows / in blocks: float32 128 x 128, 987 / 746; float32 256 x 256,
     5449 / 3666; float64 128 x 128, 2455 / 1748.
 
@@ -88,23 +88,40 @@ def pack_column_blocks(w):
 
 
 @jit(inline=True)
-def accumulate_blocked_rows(blocked, coefficients, out, descending):
-    """``accumulate_rows(w, coefficients, out)`` for w (k, m) stored in column blocks
-    (``pack_column_blocks``): the same sums, the same bits, in any order of the blocks.
+def column_blocks(blocked, n_terms, n_columns):
+    """One matrix (n_terms, n_columns) from ``pack_column_blocks`` as views of its
+    blocks: the whole ones (n_whole, n_terms, width) and the narrower last one
+    (n_terms, n_columns - n_whole * width), possibly empty. Made once, before a loop
+    over steps: a reshape is a call, a view of these a few instructions (a float32 64 x
+    64 product and its copies, one Zen 4 core: 178 ns reshaping at every step, 135
+    with these views)."""
+    width = column_block_width(blocked.itemsize)
+    n_whole = n_columns // width
+    split = n_whole * n_terms * width
+    return (blocked[:split].reshape((n_whole, n_terms, width)),
+            blocked[split:n_terms * n_columns].reshape((n_terms, n_columns - n_whole * width)))
+
+
+@jit(inline=True)
+def accumulate_blocked_rows(blocks, coefficients, out, descending):
+    """``accumulate_rows(w, coefficients, out)`` for w (k, m) as the views of its column
+    blocks (``column_blocks``): the same sums, the same bits, in any order of the blocks.
 
     A walk alternates the order from step to step (``descending`` every other step), so
     that the block it reads first is the one it read last, still in L1 cache. One Zen 3
     core, W from cache, ns per product, one order / alternating: float32 128 x 128,
     734 / 623; float32 256 x 256, 2959 / 2833; float64 128 x 128, 1489 / 1410.
     """
-    n_terms, n_columns = coefficients.shape[0], out.shape[0]
-    width = column_block_width(out.itemsize)
-    n_blocks = (n_columns + width - 1) // width
+    whole, last = blocks
+    n_whole, width = whole.shape[0], whole.shape[2]
+    n_blocks = n_whole + (1 if last.shape[1] > 0 else 0)
     for i in range(n_blocks):
-        first = width * (n_blocks - 1 - i if descending else i)
-        last = min(first + width, n_columns)
-        block = blocked[n_terms * first:n_terms * last].reshape((n_terms, last - first))
-        accumulate_rows(block, coefficients, out[first:last])
+        block = n_blocks - 1 - i if descending else i
+        first = width * block
+        if block < n_whole:
+            accumulate_rows(whole[block], coefficients, out[first:first + width])
+        else:
+            accumulate_rows(last, coefficients, out[first:])
 
 
 @jit(inline=True)
@@ -477,9 +494,11 @@ def cell_forward(cell, p, ph, h_prev, c_prev, h, c):
             p[3 * n_units + u] = hn
 
 
-@jit
+@jit(inline=True)
 def cell_backward(cell, p, dh, dc, h_prev, c_prev, h, c, dph, dh_prev):
-    """Backward through one step of ``cell`` for one sequence.
+    """Backward through one step of ``cell`` for one sequence (inlined into the step
+    loops, as ``kernels.sequence.prefetch_step`` is: the calls, which pass many arrays,
+    took 15 % of a float32 64-unit walk's backward step).
 
     On entry ``p`` holds what ``cell_forward`` saved, ``dh`` = dL/dh_t (H,) and, for
     LSTM, ``dc`` = dL/dc_t from later steps. On exit ``p[:G*H]`` = dL/d(W_ih x + b_ih)

@@ -31,8 +31,9 @@ import numpy as np
 
 from kernels._jit import jit
 from kernels.blas import product_by_blas
-from kernels.cells import (add_packed_product, cell_backward, cell_forward, fits_panels,
-                           pack_panels, panel_width, recurrent_matvec, transposed_matvec)
+from kernels.cells import (add_packed_product, cell_backward, cell_forward, column_blocks,
+                           fits_panels, pack_panels, panel_width, recurrent_matvec,
+                           transposed_matvec)
 from kernels.memory import add_into, copy_array, copy_into, fill, prefetch
 from kernels.parallel import run_items
 from kernels.projections import project_block
@@ -74,7 +75,8 @@ def _forward_walk(item, cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0,
     # this member's arrays, sliced once (a view per step costs as much as the
     # recurrent product of a small network)
     inputs = x[0 if x.shape[0] == 1 else e]
-    w_ih, bias_ih, w_hh, bias_hh = w_ih_t[e], b_ih[e], w_hh_t[e], b_hh[e]
+    w_ih, bias_ih, bias_hh = w_ih_t[e], b_ih[e], b_hh[e]
+    w_hh = column_blocks(w_hh_t[e], hs.shape[3], n_rows)
     states, cells = hs[e], cs[e]
     ph = np.empty(n_rows, hs.dtype)
     chunk = np.empty((PROJECTION_STEPS, inputs.shape[2]), hs.dtype)
@@ -115,10 +117,11 @@ def _forward_walk(item, cell, reverse, x, w_ih_t, b_ih, p, w_hh_t, b_hh, h0, c0,
 PREFETCH_STEPS = 8
 
 
-@jit
+@jit(inline=True)
 def prefetch_step(s, n_steps, reverse, states, saved, grad_hs, grad_time_major, e, rows):
-    """Prefetch the rows ``rows`` of processing step s - ``PREFETCH_STEPS`` of a
-    backward pass (member e of ``grad_hs``), if there is one."""
+    """Prefetch the rows ``rows`` (a batch index, or a slice of them) of processing step
+    s - ``PREFETCH_STEPS`` of a backward pass (member e of ``grad_hs``), if there is
+    one."""
     if s >= PREFETCH_STEPS:
         t = time_index(s - PREFETCH_STEPS, n_steps, reverse)
         prefetch(states[t, rows])
@@ -158,10 +161,11 @@ def _backward_walk(item, cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, gra
     copy_into(dc0[e, b], dc)
     dph = np.empty(w_hh.shape[1] // n_units, p.dtype)
     dh_prev = np.empty(n_units, p.dtype)
-    weights, saved, states, cells = w_hh[e], p[e], hs[e], cs[e]  # sliced once
+    weights = column_blocks(w_hh[e], dph.shape[0], n_units)
+    saved, states, cells = p[e], hs[e], cs[e]  # sliced once
     for s in range(n_steps - 1, -1, -1):
         prefetch_step(s, n_steps, reverse, states, saved, grad_hs, grad_time_major,
-                      grad_first + e, slice(b, b + 1))
+                      grad_first + e, b)
         t = time_index(s, n_steps, reverse)
         if s > 0:
             t_prev = time_index(s - 1, n_steps, reverse)

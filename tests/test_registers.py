@@ -16,8 +16,8 @@ from hypothesis import given, settings, strategies as st
 
 from kernels.cells import (PAGE_BYTES, accumulate_blocked_rows, accumulate_rows,
                            accumulate_rows_in_memory, add_packed_product, add_product,
-                           column_block_width, pack_column_blocks, pack_member_panels,
-                           pack_panels, panel_width, terms_per_part)
+                           column_block_width, column_blocks, pack_column_blocks,
+                           pack_member_panels, pack_panels, panel_width, terms_per_part)
 from kernels.projections import (TRANSPOSE_BLOCK, TRANSPOSED_PART_ROWS,
                                  add_transposed_product)
 from kernels.registers import (FUSED, PAIR_VECTORS, PANEL_VECTORS, VECTOR_BITS, WIDE_BLOCK,
@@ -57,7 +57,8 @@ def test_register_sums_equal_the_plain_loop_bit_for_bit(dtype, n_rows, n_out, st
 
 @numba.njit
 def in_column_blocks(blocked, coefficients, out, descending):
-    accumulate_blocked_rows(blocked, coefficients, out, descending)
+    blocks = column_blocks(blocked, coefficients.shape[0], out.shape[0])
+    accumulate_blocked_rows(blocks, coefficients, out, descending)
 
 
 @settings(max_examples=40, deadline=None)
