@@ -31,9 +31,9 @@ import numpy as np
 
 from kernels._jit import jit
 from kernels.blas import product_by_blas
-from kernels.cells import (add_packed_product, cell_backward, cell_forward, column_blocks,
-                           fits_panels, pack_panels, panel_width, recurrent_matvec,
-                           transposed_matvec)
+from kernels.cells import (RNN_RELU, RNN_TANH, add_packed_product, cell_backward,
+                           cell_forward, column_blocks, fits_panels, pack_panels, panel_width,
+                           recurrent_matvec, rnn_backward, transposed_matvec)
 from kernels.memory import add_into, copy_array, copy_into, fill, prefetch
 from kernels.parallel import run_items
 from kernels.projections import project_block
@@ -178,13 +178,19 @@ def _backward_walk(item, cell, reverse, truncation, p, w_hh, h0, c0, hs, cs, gra
         grad = grad_hs[t, g, b] if grad_time_major else grad_hs[g, t, b]
         for u in range(n_units):
             dh[u] += grad[u]
-        cell_backward(cell, saved[t, b], dh, dc, h_prev, c_prev, states[t, b], cells[t, b],
-                      dph, dh_prev)
+        if cell == RNN_TANH or cell == RNN_RELU:  # dL/da serves both sides: no copy
+            d_hidden = saved[t, b]
+            rnn_backward(cell, d_hidden, dh, states[t, b])
+            fill(dh_prev, 0.0)
+        else:
+            d_hidden = dph
+            cell_backward(cell, saved[t, b], dh, dc, h_prev, c_prev, states[t, b],
+                          cells[t, b], dph, dh_prev)
         if truncation > 0 and s > 0 and s % truncation == 0:
             fill(dh, 0.0)
             fill(dc, 0.0)
         else:
-            transposed_matvec(weights, dph, dh_prev, s % 2 == 1)
+            transposed_matvec(weights, d_hidden, dh_prev, s % 2 == 1)
             copy_into(dh_prev, dh)
     copy_into(dh, dh0[e, b])
     copy_into(dc, dc0[e, b])
