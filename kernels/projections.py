@@ -130,8 +130,8 @@ FUSED_PART_ROWS = TRANSPOSED_PART_ROWS if PANELS_BEAT_BLAS else 512
 def add_transposed_product(d, states, out):
     """out += d^T states, i.e. out[j] += sum_r d[r, j] * states[r]: in register panels
     with every sum over r in order (``kernels.cells.add_packed_product``). ``states`` is
-    packed a part of the sum at a time, unless it is one panel of close rows, read in
-    place (``fits_one_panel``). Measured on one core, float32 (2048 x 4096)^T
+    packed a part of the sum at a time, unless both it and d have close rows: then both
+    are read in place (``reads_in_place``). Measured on one core, float32 (2048 x 4096)^T
     (2048 x 1024): 202 GFLOP/s (OpenBLAS 114); (6400 x 512)^T (6400 x 128): 202 (103).
     An ``out`` narrower than a panel (a few inputs) is summed transposed, out^T +=
     states^T d, reading the rows of d (contiguous) in place: float32 (6400 x 512)^T
@@ -145,12 +145,13 @@ def add_transposed_product(d, states, out):
     width = panel_width(out)
     part = TRANSPOSED_PART_ROWS
     copy = d.strides[0] >= PAGE_BYTES
-    if not copy and fits_one_panel(states, width):
-        add_packed_product(d.T, states, out)
-        return
+    in_place = not copy and reads_in_place(states)
     block = np.empty((min(part, d.shape[0]) if copy else 0, TRANSPOSE_BLOCK), d.dtype)
     for k0 in range(0, d.shape[0], part):
         k1 = min(k0 + part, d.shape[0])
+        if in_place:
+            add_packed_product(d[k0:k1].T, states[k0:k1], out)
+            continue
         packed = pack_panels(states[k0:k1], width)
         if not copy:
             add_packed_product(d[k0:k1].T, packed, out)
@@ -164,13 +165,14 @@ def add_transposed_product(d, states, out):
 
 
 @jit(inline=True)
-def fits_one_panel(b, width):
-    """Whether ``b`` (k, m) is read in place by a product in panels of ``width``
-    columns: one panel (m <= width) of contiguous rows less than a page apart, which
-    packing would copy as it is. Float32 (1000 x 64)^T (1000 x 64) on one Zen 4 core:
-    103 GFLOP/s in place, 70 packed a part at a time."""
-    return (b.shape[1] <= width and b.strides[1] == b.itemsize
-            and b.strides[0] < PAGE_BYTES)
+def reads_in_place(b):
+    """Whether ``add_transposed_product`` reads ``b`` (k, m) in place rather than packed
+    a part of the sum at a time: contiguous rows less than a page apart, the rule of
+    ``kernels.cells.add_product``. Measured on one Zen 4 core, (1000 x m)^T (1000 x m)
+    in parts of ``TRANSPOSED_PART_ROWS``, in place and packed (GFLOP/s): float32 m = 64,
+    93-96 and 70; m = 128, 96 and 86; m = 256, 92-99 and 79-80; float64 m = 64, 35-39
+    and 33-37; m = 256, 45 and 43."""
+    return b.strides[1] == b.itemsize and b.strides[0] < PAGE_BYTES
 
 
 @jit(inline=True)

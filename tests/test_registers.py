@@ -243,7 +243,7 @@ def test_transposed_product_panels_sum_in_order(dtype, n_terms, row_blocks, extr
     the rows and columns left over) give the in-order sum bit for bit, whether d^T is
     read in place or, with the rows of d a page apart, copied a block of columns and a
     part of the sum at a time (sizes drawn past one block and one part), and whether
-    ``states`` is packed or, one panel wide, read in place (``fits_one_panel``); narrower
+    ``states`` is packed or read in place (``reads_in_place``); narrower
     products sum in order into a term that is then added. Both are right to rounding."""
     rng = np.random.default_rng(seed)
     n_out = 4 * row_blocks + extra_rows
