@@ -23,7 +23,7 @@ from kernels._jit import jit
 from kernels.blas import (add_product_transposed_by_blas, add_transposed_product_by_blas, gemm,
                           rows_for_blas)
 from kernels.cells import (GRU, PAGE_BYTES, PANELS_BEAT_BLAS, add_packed_product, fits_panels,
-                           pack_member_panels, pack_panels, panel_width)
+                           pack_member_panels, pack_panels, panel_width, reads_in_place)
 from kernels.memory import add_into, copy_into, fill
 from kernels.parallel import run_items
 
@@ -131,7 +131,7 @@ def add_transposed_product(d, states, out):
     """out += d^T states, i.e. out[j] += sum_r d[r, j] * states[r]: in register panels
     with every sum over r in order (``kernels.cells.add_packed_product``). ``states`` is
     packed a part of the sum at a time, unless both it and d have close rows: then both
-    are read in place (``reads_in_place``). Measured on one core, float32 (2048 x 4096)^T
+    are read in place (``kernels.cells.reads_in_place``). Measured on one core, float32 (2048 x 4096)^T
     (2048 x 1024): 202 GFLOP/s (OpenBLAS 114); (6400 x 512)^T (6400 x 128): 202 (103).
     An ``out`` narrower than a panel (a few inputs) is summed transposed, out^T +=
     states^T d, reading the rows of d (contiguous) in place: float32 (6400 x 512)^T
@@ -162,17 +162,6 @@ def add_transposed_product(d, states, out):
             for k in range(k1 - k0):
                 copy_into(d[k0 + k, j0:j1], columns[k])
             add_packed_product(columns.T, packed, out[j0:j1])
-
-
-@jit(inline=True)
-def reads_in_place(b):
-    """Whether ``add_transposed_product`` reads ``b`` (k, m) in place rather than packed
-    a part of the sum at a time: contiguous rows less than a page apart, the rule of
-    ``kernels.cells.add_product``. Measured on one Zen 4 core, (1000 x m)^T (1000 x m)
-    in parts of ``TRANSPOSED_PART_ROWS``, in place and packed (GFLOP/s): float32 m = 64,
-    93-96 and 70; m = 128, 96 and 86; m = 256, 92-99 and 79-80; float64 m = 64, 35-39
-    and 33-37; m = 256, 45 and 43."""
-    return b.strides[1] == b.itemsize and b.strides[0] < PAGE_BYTES
 
 
 @jit(inline=True)
