@@ -22,9 +22,9 @@ jit  compile and start-up times, in subprocesses: cold (an empty ``NUMBA_CACHE_D
      ``import dynamics``, then the first forward and forward+BPTT of every cell in each
      dtype) and warm (the same again with the cache that the cold run filled).
 
-Both peers are checked against ours (outputs and every gradient) before timing (section b
-on a shorter sequence, section a's float32 ReLU RNN in float64: ``check_problem``). The NumPy
-peer does what ours does: the input projection, the parameter gradients and dL/dx are one
+Both peers are checked against ours (outputs and every gradient) before timing (section
+b on a shorter sequence, section a's float32 ReLU RNN in float64: ``check_problem``). The
+NumPy peer does what ours does: the input projection, the parameter gradients and dL/dx are one
 matrix product over all steps each, only the recurrence loops over time. The torch peers
 loop in C++ (nn modules) or Python (bmm), and autograd accumulates the weight gradients
 step by step, as any autograd loop does.

@@ -71,8 +71,8 @@ def pack_column_blocks(w):
     rows of a block contiguous (``column_blocks`` gives views of them).
     ``accumulate_blocked_rows`` then streams each block as one run of memory, which the
     hardware prefetcher follows, instead of a part of every row. The walks' recurrent
-    products on one Zen 3 core, W from L2, ns per product in rows / in blocks: float32 128 x 128, 987 / 746; float32 256 x 256,
-    5449 / 3666; float64 128 x 128, 2455 / 1748.
+    products on one Zen 3 core, W from L2, ns per product in rows / in blocks: float32
+    128 x 128, 987 / 746; float32 256 x 256, 5449 / 3666; float64 128 x 128, 2455 / 1748.
 
     >>> pack_column_blocks(np.arange(6.0).reshape(1, 2, 3))[0].tolist()  # one block
     [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
@@ -98,8 +98,9 @@ def column_blocks(blocked, n_terms, n_columns):
     width = column_block_width(blocked.itemsize)
     n_whole = n_columns // width
     split = n_whole * n_terms * width
+    last = blocked[split:n_terms * n_columns]
     return (blocked[:split].reshape((n_whole, n_terms, width)),
-            blocked[split:n_terms * n_columns].reshape((n_terms, n_columns - n_whole * width)))
+            last.reshape((n_terms, n_columns - n_whole * width)))
 
 
 @jit(inline=True)
@@ -332,8 +333,9 @@ PAGE_BYTES = 4096
 @jit(inline=True)
 def reads_in_place(b):
     """Whether a product reads its factor ``b`` (k, m) in place rather than packed a part
-    of the sum at a time (``add_product``, ``kernels.projections.add_transposed_product``):
-    contiguous rows less than a page apart. Measured on one Zen 4 core, (1000 x m)^T
+    of the sum at a time (``add_product``,
+    ``kernels.projections.add_transposed_product``): contiguous rows less than a page
+    apart. Measured on one Zen 4 core, (1000 x m)^T
     (1000 x m) in parts of 128 rows, in place and packed (GFLOP/s): float32 m = 64,
     93-96 and 70; m = 128, 96 and 86; m = 256, 92-99 and 79-80; float64 m = 64, 35-39
     and 33-37; m = 256, 45 and 43."""

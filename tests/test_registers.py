@@ -235,23 +235,27 @@ def transposed_product_in_order(d, states, out):
        row_blocks=st.sampled_from([1, 2, 3, 17, TRANSPOSE_BLOCK // 4 + 2]),
        extra_rows=st.sampled_from([0, 0, 1, 3]),
        column_blocks=st.integers(0, 3), extra_columns=st.sampled_from([0, 1, 5]),
-       rows_a_page_apart=st.booleans(), seed=st.integers(0, 2**31))
+       rows_a_page_apart=st.booleans(), states_a_page_apart=st.booleans(),
+       seed=st.integers(0, 2**31))
 def test_transposed_product_panels_sum_in_order(dtype, n_terms, row_blocks, extra_rows,
                                                 column_blocks, extra_columns, rows_a_page_apart,
-                                                seed):
+                                                states_a_page_apart, seed):
     """out += d^T states: with at least one panel of columns, panels (and row by row for
     the rows and columns left over) give the in-order sum bit for bit, whether d^T is
     read in place or, with the rows of d a page apart, copied a block of columns and a
     part of the sum at a time (sizes drawn past one block and one part), and whether
-    ``states`` is packed or read in place (``reads_in_place``); narrower
-    products sum in order into a term that is then added. Both are right to rounding."""
+    ``states`` is read in place (``reads_in_place``) or packed (its rows a page apart);
+    narrower products sum in order into a term that is then added. Both are right to
+    rounding."""
     rng = np.random.default_rng(seed)
     n_out = 4 * row_blocks + extra_rows
     columns_per_panel = PANEL_VECTORS * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
     width = max(1, columns_per_panel * column_blocks + extra_columns)
-    row_length = max(n_out, PAGE_BYTES // np.dtype(dtype).itemsize) if rows_a_page_apart else n_out
-    d = rng.normal(size=(n_terms, row_length)).astype(dtype)[:, :n_out]
-    states = rng.normal(size=(n_terms, width)).astype(dtype)
+    page = PAGE_BYTES // np.dtype(dtype).itemsize
+    d = rng.normal(size=(n_terms, max(n_out, page) if rows_a_page_apart else n_out))
+    d = d.astype(dtype)[:, :n_out]
+    states = rng.normal(size=(n_terms, max(width, page) if states_a_page_apart else width))
+    states = states.astype(dtype)[:, :width]
     start = rng.normal(size=(n_out, width)).astype(dtype)
     got, in_order = start.copy(), start.copy()
     transposed_product(d, states, got)
