@@ -68,7 +68,7 @@ def provenance(function, config, dtype, seed=None, backend="cpu"):
     JSON: netCDF stores no dicts, bools or None), the base seed and the creation time."""
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return {"package": "recurrent-dynamics", "package_version": dynamics.__version__,
-            "numba_version": numba.__version__, "backend": backend, "dtype": str(dtype),
+            "numba_version": numba.__version__, "backend": backend, "dtype": np.dtype(dtype).name,
             "function": function, "config": json.dumps(config, sort_keys=True, default=str),
             "seed": "none" if seed is None else str(seed), "created": now,
             "history": f"{now} recurrent-dynamics {dynamics.__version__}: {function}"}

@@ -25,8 +25,8 @@ import functools
 import numpy as np
 import xarray as xr
 
-from analysis._common import attrs, drop_member, item_dims, provenance, state_size
-from analysis.jacobians import tape_arguments, trajectory
+from analysis._common import attrs, drop_member, item_dims, provenance, single_cell, state_size
+from analysis.jacobians import diverged_flag, input_size, tape_arguments, trajectory
 from dynamics.layer import single_threaded_blas
 from dynamics.propagation import engine
 from dynamics.validation import check_float_array, check_positive_int
@@ -55,14 +55,19 @@ def e_folding_lag(log_values, lags):
     return np.where(fallen.any(-1), lags[first], np.nan)
 
 
-def _check_fit_lags(fit_lags):
-    """(first, last): two integers with 0 <= first <= last."""
+def _check_fit_lags(fit_lags, max_lag):
+    """(first, last): two integers with 0 <= first <= last <= max_lag; default the
+    second half of the lags, (max_lag // 2, max_lag)."""
+    if fit_lags is None:
+        return max_lag // 2, max_lag
     try:
         first, last = fit_lags
     except (TypeError, ValueError):
         raise ValueError(f"fit_lags must be a pair (first, last) of lags, got {fit_lags!r}") from None
     first = check_positive_int("fit_lags[0]", first, minimum=0)
     last = check_positive_int("fit_lags[1]", last, minimum=first)
+    if last > max_lag:
+        raise ValueError(f"fit_lags[1] must be at most max_lag = {max_lag}, got {last}")
     return first, last
 
 
@@ -119,23 +124,26 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
         raise ValueError("backend='cuda' follows the adjoint alone: pass products=False "
                          "(the spectral and Frobenius norms of the products need backend='cpu')")
     run = engine(backend)
-    cell, tape = trajectory(model, x, h0, dtype, drive, backend)
-    E, T, B, _ = tape.hs.shape
+    cell = single_cell(model)
+    T, B = input_size(cell, x, drive)
     if T == 0:
         raise ValueError("x must have at least one step to measure gradients against lag")
     max_lag = T if max_lag is None else check_positive_int("max_lag", max_lag, minimum=0)
     if max_lag > T:
         raise ValueError(f"max_lag must be at most the number of steps T = {T}, got {max_lag}")
-    S = state_size(cell)
-    if grad_final is None:
-        v = default_loss_gradient(tape)
-    else:
+    first, last = _check_fit_lags(fit_lags, max_lag)
+    E, S = cell.ensemble_size or 1, state_size(cell)
+    if grad_final is not None:
         v = check_float_array("grad_final", grad_final)
         want = (E, B, S) if cell.ensemble_size is not None else (B, S)
         try:
             v = np.broadcast_to(v, want)
         except ValueError:
             raise ValueError(f"grad_final must broadcast to shape {want}, got {v.shape}") from None
+    cell, tape = trajectory(model, x, h0, dtype, drive, backend)
+    if grad_final is None:
+        v = default_loss_gradient(tape)
+    else:
         v = np.ascontiguousarray(np.broadcast_to(v, (E, B, S)), dtype=tape.hs.dtype)
     lags = np.arange(max_lag + 1)
     logs = np.full((3, E, B, max_lag + 1), np.nan)
@@ -147,11 +155,11 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
     else:
         logs[2] = (adjoint_log_norms if backend == "cpu" else run.adjoint_log_norms)(tape, v,
                                                                                    max_lag)
-    first, last = (max_lag // 2, max_lag) if fit_lags is None else _check_fit_lags(fit_lags)
     in_fit = (lags >= first) & (lags <= last)
     rate = fit_log_slope(np.where(in_fit, logs, np.nan), lags)
     drop = e_folding_lag(logs, lags)
-    diverged = ~np.isfinite(run.to_host(tape.hs)).all(axis=(1, 3)) | np.isnan(logs[2]).any(-1)
+    diverged = diverged_flag(tape, cell, run.to_host)[1] | drop_member(np.isnan(logs[2]).any(-1),
+                                                                        cell)
     norm_dims = ("norm",) + item_dims(cell)
     member = functools.partial(drop_member, cell=cell, axis=1)  # logs are (norm, E, B, ...)
     config = {"steps": T, "max_lag": max_lag, "spectral": spectral, "products": products,
@@ -168,7 +176,9 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
                         attrs("fitted log-slope of the norm against lag", "1/step")),
          "decay_lag": (norm_dims, member(drop),
                        attrs("lag at which the norm has fallen by a factor e", "steps")),
-         "diverged": (item_dims(cell), drop_member(diverged, cell),
-                      attrs("trajectory or product not finite", "1"))},
-        coords={"norm": list(NORMS), "lag": ("lag", lags, attrs("steps back from the last state", "steps"))},
+         "diverged": (item_dims(cell), diverged, attrs("trajectory or product not finite", "1"))},
+        coords={"norm": ("norm", list(NORMS), attrs(
+                    "spectral or Frobenius norm of the Jacobian product, or the adjoint's "
+                    "Euclidean norm", "1")),
+                "lag": ("lag", lags, attrs("steps back from the last state", "steps"))},
         attrs=provenance("gradient_norm_vs_lag", config, tape.hs.dtype, backend=backend))

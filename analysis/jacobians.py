@@ -22,11 +22,26 @@ from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, pro
                               single_cell, state_coords, state_size)
 from dynamics.layer import LayerTape, gemm_rows, member_major_parameters, single_threaded_blas
 from dynamics.network import as_network
-from dynamics.propagation import check_states, engine
+from dynamics.propagation import check_input, check_states, engine
 from dynamics.validation import check_float_array, check_shape
 from kernels.cells import pack_member_panels, panel_width, saved_width
 from kernels.sequence import sequence_forward_gemm
 from kernels.tangents import column_blocks, tangent_chain, trajectory_jacobians
+
+
+def input_size(model, x, drive=None):
+    """(T, B) of the input ``x`` (or ``drive``), checked before anything runs."""
+    cell = single_cell(model)
+    if drive is not None:
+        if x is not None:
+            raise ValueError("give x (through W_ih) or drive (added to the pre-activations), "
+                             "not both")
+        drive = check_drive(cell, drive)
+        return drive.shape[0], drive.shape[-2]
+    if x is None:
+        raise ValueError("give the input x (or a drive)")
+    x, batch = check_input(cell, x)   # (T, B, D), or member-major (E, T, B, D)
+    return x.shape[-3], batch
 
 
 def trajectory(model, x, h0=None, dtype=np.float64, drive=None, backend="cpu"):
@@ -34,23 +49,24 @@ def trajectory(model, x, h0=None, dtype=np.float64, drive=None, backend="cpu"):
     return (cell, tape of the saved steps, on ``backend``'s arrays)."""
     cell = single_cell(model)
     dtype = analysis_dtype(dtype)
+    input_size(cell, x, drive)
     if drive is None:
-        if x is None:
-            raise ValueError("give the input x (or a drive)")
         x = check_float_array("x", x).astype(dtype, copy=False)
         return cell, dynamics.forward(cell.astype(dtype), x, h0, backend).tapes[0]
-    if x is not None:
-        raise ValueError("give x (through W_ih) or drive (added to the pre-activations), not both")
     return cell, driven_tape(cell.astype(dtype), drive, h0, backend)
 
 
 def check_drive(cell, drive):
     """``drive`` as a float array of shape (T, B, G*H), or (T, E, B, G*H) for an ensemble
-    whose members have their own."""
+    whose members have their own, with T, B >= 1."""
     drive = check_float_array("drive", drive)
     E, width = cell.ensemble_size, cell.gates * cell.hidden_size
     shape = ("T", E, "B", width) if E is not None and drive.ndim == 4 else ("T", "B", width)
-    return check_shape("drive", drive, shape)
+    check_shape("drive", drive, shape)
+    if drive.shape[0] == 0 or drive.shape[-2] == 0:
+        raise ValueError(f"drive must have at least one step and a batch of at least 1, got "
+                         f"shape {drive.shape}")
+    return drive
 
 
 def driven_tape(cell, drive, h0, backend="cpu"):
@@ -60,8 +76,6 @@ def driven_tape(cell, drive, h0, backend="cpu"):
     run = engine(backend)
     drive = check_drive(cell, drive).astype(cell.dtype, copy=False)
     E, width = cell.ensemble_size, cell.gates * cell.hidden_size
-    if drive.shape[0] == 0:
-        raise ValueError("drive must have at least one step")
     n_members, batch = E or 1, drive.shape[-2]
     h_init, c_init = (s[0] for s in check_states(as_network(cell), h0, batch, cell.dtype))
     w_ih, b_ih, w_hh, b_hh = member_major_parameters(cell, cell.dtype)
@@ -89,13 +103,21 @@ def tape_arguments(tape):
     return tape.cell.code, tape.p, tape.weight_hh, tape.h0, tape.c0, tape.hs, tape.cs
 
 
+def diverged_flag(tape, cell, to_host=np.asarray):
+    """The coordinate ``diverged`` (``[member,] batch``): true where the trajectory
+    stopped being finite (its h, or its c for an LSTM)."""
+    finite = [np.isfinite(to_host(states)).all(axis=(1, 3)) for states in (tape.hs, tape.cs)]
+    return item_dims(cell), drop_member(~(finite[0] & finite[1]), cell), attrs(
+        "trajectory stopped being finite", "1")
+
+
 def state_labels(cell, *dims):
     """Coordinates naming the state component of each index along ``dims``."""
     part, unit = state_coords(cell)
     labels = {}
     for dim in dims:
-        labels[f"{dim}_part"] = (dim, part)
-        labels[f"{dim}_unit"] = (dim, unit)
+        labels[f"{dim}_part"] = (dim, part, attrs(f"state part of the {dim} (h, or c)", "1"))
+        labels[f"{dim}_unit"] = (dim, unit, attrs(f"unit of the {dim}'s state part", "1"))
     return labels
 
 
@@ -116,7 +138,8 @@ def state_jacobians(model, x, h0=None, dtype=np.float64):
     -------
     xarray.DataArray ``(time, [member,] batch, row, column)``; the coordinates
     ``row_part``/``row_unit`` (and ``column_*``) name each state component ("h" or "c",
-    unit index).
+    unit index), and ``diverged`` flags the sequences whose trajectory stopped being
+    finite (their Jacobians hold inf or nan from there on).
     """
     cell, tape = trajectory(model, x, h0, dtype)
     E, T, B, _ = tape.hs.shape
@@ -127,7 +150,8 @@ def state_jacobians(model, x, h0=None, dtype=np.float64):
     jac = np.moveaxis(drop_member(jac, cell), -4, 0)  # time first, as in dynamics
     return xr.DataArray(
         jac, dims=("time",) + item_dims(cell) + ("row", "column"),
-        coords={"time": np.arange(T), **state_labels(cell, "row", "column")},
+        coords={"time": ("time", np.arange(T), attrs("step t of the trajectory", "steps")),
+                **state_labels(cell, "row", "column"), "diverged": diverged_flag(tape, cell)},
         name="state_jacobian",
         attrs={**attrs("state Jacobian d s_t / d s_(t-1)", "1"),
                **provenance("state_jacobians", {"steps": T, "batch": B}, jac.dtype)})
@@ -138,20 +162,23 @@ def jacobian_product(model, x, t, k, h0=None, dtype=np.float64):
 
     ``-1 <= k <= t < T``; k = -1 is the initial state, k = t gives the identity. Products
     of many steps can over- or underflow: their singular values are better taken with
-    ``log_singular_values``. Returns ``([member,] batch, row, column)``.
+    ``log_singular_values``. Returns ``([member,] batch, row, column)``, with the
+    coordinate ``diverged`` as ``state_jacobians``.
     """
-    cell, tape = trajectory(model, x, h0, dtype)
-    E, T, B, _ = tape.hs.shape
+    T, _ = input_size(model, x)
     t = dynamics.validation.check_positive_int("t", t, minimum=0)
     k = dynamics.validation.check_positive_int("k", k, minimum=-1)
     if not k <= t < T:
         raise ValueError(f"need -1 <= k <= t < T = {T}, got t={t}, k={k}")
+    cell, tape = trajectory(model, x, h0, dtype)
+    E, _, B, _ = tape.hs.shape
     S = state_size(cell)
     q = np.broadcast_to(np.eye(S, dtype=tape.hs.dtype), (E, B, S, S)).copy()
     with single_threaded_blas():
         tangent_chain(*tape_arguments(tape), k, t, q, column_blocks(S, E * B, q.dtype))
     return xr.DataArray(
         drop_member(q, cell), dims=item_dims(cell) + ("row", "column"),
-        coords=state_labels(cell, "row", "column"), name="jacobian_product",
+        coords={**state_labels(cell, "row", "column"), "diverged": diverged_flag(tape, cell)},
+        name="jacobian_product",
         attrs={**attrs(f"Jacobian product d s_{t} / d s_{k}", "1"),
                **provenance("jacobian_product", {"t": t, "k": k, "steps": T}, q.dtype)})

@@ -26,7 +26,7 @@ from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, pro
                               single_cell, state_size)
 from analysis.gradients import adjoint_log_norms, default_loss_gradient, fit_log_slope
 from analysis.jacobians import check_drive
-from dynamics.init import seed_sequence
+from dynamics.init import children
 from dynamics.layer import LayerTape, member_major_parameters, single_threaded_blas
 from dynamics.network import as_network
 from dynamics.propagation import check_input, check_states, engine
@@ -41,7 +41,7 @@ def _inputs(cell, x, drive, steps, batch, dtype):
         raise ValueError("give x (through W_ih) or drive (added to the pre-activations), not both")
     if x is None and drive is None:
         steps = check_positive_int("steps", steps)
-        batch = check_positive_int("batch", batch)
+        batch = check_positive_int("batch", 1 if batch is None else batch)
         return np.zeros((1, 0, batch, 0), dtype), False, steps, batch
     if drive is not None:
         x, additive = check_drive(cell, drive), True
@@ -51,6 +51,8 @@ def _inputs(cell, x, drive, steps, batch, dtype):
     T = x.shape[0]
     if steps is not None and steps != T:
         raise ValueError(f"steps must match the input's {T} steps, got {steps}")
+    if batch is not None and batch != x.shape[-2]:
+        raise ValueError(f"batch must match the input's batch of {x.shape[-2]}, got {batch}")
     if T == 0:
         raise ValueError("the input must have at least one step")
     x = x.astype(dtype, copy=False)
@@ -58,20 +60,33 @@ def _inputs(cell, x, drive, steps, batch, dtype):
     return np.ascontiguousarray(member_major_x), additive, T, x.shape[-2]
 
 
+def _member_seeds(seed, ensemble_size):
+    """One seed per member: ``seed`` itself for a single network; for an ensemble of E,
+    the children of ``seed``, or ``seed`` if it is a list of E SeedSequences."""
+    if isinstance(seed, (list, tuple)) and any(isinstance(s, np.random.SeedSequence)
+                                               for s in seed):
+        if not (all(isinstance(s, np.random.SeedSequence) for s in seed)
+                and len(seed) == (ensemble_size or 0)):
+            raise ValueError(f"seed as a list must hold one SeedSequence per ensemble member "
+                             f"({ensemble_size}), got {len(seed)} items")
+        return list(seed)
+    return [seed] if ensemble_size is None else children(seed, ensemble_size)
+
+
 def _initial(cell, h0, batch, n_vectors, seed, dtype, identity=False, random_states=True):
     """States (E, B, H), (E, B, H or 0) and orthonormal tangents (E, B, S, k).
 
     As in ``dynamics.init.draw``, a single network draws from ``SeedSequence(seed)`` and
     ensemble member e from its child e (so member e's result is that of a single network
-    given that child as seed), states from the sequence's child 0, tangents from child 1:
+    given that child as seed), or from ``seed[e]`` when ``seed`` is a list of E
+    SeedSequences; states from the member's child 0, tangents from its child 1:
     h0 ~ N(0, 1) per unit (c0 too for an LSTM) unless given or ``random_states`` is
     False (then zeros, as ``dynamics.forward``'s default), and random orthonormal
     tangents (QR of a Gaussian matrix) unless ``identity`` (the first k unit vectors).
     """
     E, H, S = cell.ensemble_size or 1, cell.hidden_size, state_size(cell)
-    root = seed_sequence(seed)
-    members = root.spawn(E) if cell.ensemble_size is not None else [root]
-    streams = [[np.random.default_rng(s) for s in member.spawn(2)] for member in members]
+    members = _member_seeds(seed, cell.ensemble_size)
+    streams = [[np.random.default_rng(s) for s in children(member, 2)] for member in members]
     if h0 is None and random_states:
         h = np.stack([states.normal(size=(batch, H)) for states, _ in streams]).astype(dtype)
         c = (np.stack([states.normal(size=(batch, H)) for states, _ in streams]).astype(dtype)
@@ -133,17 +148,17 @@ def _walk(cell, x, additive, steps, burn_in, interval, h, c, q, dtype, keep=0, b
                                       parameters[3], h_before, c_before, p, hs, cs)
 
 
-def _check_vectors(cell, n_vectors):
+def _check_vectors(cell, n_vectors, name="n_exponents"):
     S = state_size(cell)
     if n_vectors is None:
         return S
-    n_vectors = check_positive_int("n_exponents", n_vectors)
+    n_vectors = check_positive_int(name, n_vectors)
     if n_vectors > S:
-        raise ValueError(f"n_exponents must be at most the state size S = {S}, got {n_vectors}")
+        raise ValueError(f"{name} must be at most the state size S = {S}, got {n_vectors}")
     return n_vectors
 
 
-def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_exponents=None,
+def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=None, n_exponents=None,
                       burn_in=0, interval=1, h0=None, seed=0, dtype=np.float64,
                       gradient_lags=None, backend="cpu"):
     """The first ``n_exponents`` Lyapunov exponents, autonomous or driven.
@@ -155,11 +170,15 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
     drive : (T, B, G*H) (or (T, E, B, G*H)) input added to the pre-activations
         directly, the "x_t" of ``h_t = phi(W h_(t-1) + x_t + b)``; or neither, with
     steps, batch : an autonomous run (x_t = 0) of ``steps`` steps from ``batch`` states
+        (default 1); with an input, its own T and B (``steps``/``batch`` must then match)
     n_exponents : k, 1 <= k <= S (S = H, or 2H for an LSTM); default all S
     burn_in : steps run (state and tangents) before anything is recorded
     interval : re-orthonormalise every ``interval`` >= 1 steps (one record each)
     h0 : initial state as for ``dynamics.forward``; default N(0, 1) per unit, drawn
         from ``seed`` (member e of an ensemble from child e of ``SeedSequence(seed)``)
+    seed : an int or SeedSequence for the initial states and tangents; for an ensemble
+        also a list of E SeedSequences, one per member (a sweep's points: a point's
+        result then does not depend on the ensemble it ran in)
     dtype : float64 (default) or float32 arithmetic; the logs always add up in float64
     gradient_lags : L, to follow also, on the same trajectory, the BPTT gradient of a loss
         on the last state (dLoss/dh = 1/sqrt(H), as ``gradient_norm_vs_lag``'s default)
@@ -236,7 +255,8 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=1, n_expon
                                    attrs("exponents of one re-orthonormalisation interval", nats)),
          "diverged": (dims, drop_member(diverged, cell),
                       attrs("state or tangents stopped being finite", "1"))},
-        coords={"exponent": np.arange(n_vectors),
+        coords={"exponent": ("exponent", np.arange(n_vectors),
+                             attrs("index of the exponent, in QR order (0: the largest)", "1")),
                 "time": ("time", burn_in + elapsed, attrs("steps run at this record", "steps"))},
         attrs=provenance("lyapunov_spectrum", config, dtype, seed, backend))
     if variables:
@@ -256,11 +276,13 @@ def log_singular_values(model, x, h0=None, n_values=None, interval=1, dtype=np.f
     diagonal factors); divided by T they converge to the Lyapunov exponents.
 
     Returns an xarray.DataArray ``([member,] batch, index)`` (the first ``n_values``,
-    default all S), nan where the trajectory diverged.
+    default all S), nan where the trajectory diverged (the coordinate ``diverged``).
     """
     cell = single_cell(model)
     dtype = analysis_dtype(dtype)
-    n_vectors = _check_vectors(cell, n_values)
+    n_vectors = _check_vectors(cell, n_values, "n_values")
+    if x is None:
+        raise ValueError("log_singular_values needs the input x, (T, B, D) or (T, E, B, D)")
     inputs, additive, steps, batch = _inputs(cell, x, None, None, None, dtype)
     interval = check_positive_int("interval", interval)
     if steps % interval:
@@ -271,6 +293,9 @@ def log_singular_values(model, x, h0=None, n_values=None, interval=1, dtype=np.f
                                q, dtype)
     total = np.where(diverged[..., None], np.nan, log_r.sum(axis=2))
     return xr.DataArray(drop_member(total, cell), dims=item_dims(cell) + ("index",),
+                        coords={"diverged": (item_dims(cell), drop_member(diverged, cell),
+                                             attrs("state or tangents stopped being finite",
+                                                   "1"))},
                         name="log_singular_values",
                         attrs={**attrs("log |R_jj| of the Jacobian product over all steps", "1"),
                                **provenance("log_singular_values",

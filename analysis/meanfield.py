@@ -32,6 +32,7 @@ propagation", ICLR (2017).
 import inspect
 import math
 import textwrap
+from fractions import Fraction
 
 import numpy as np
 import xarray as xr
@@ -92,6 +93,36 @@ def _mean_sech_4(q):
     return _even_gaussian_mean(lambda u: np.cosh(u) ** -4, 0.0, q)
 
 
+def _tanh_series(n_terms):
+    """a_0..a_(n-1) of tanh(u) = sum_k a_k u^(2k+1), exactly: tanh' = 1 - tanh^2 gives
+    a_0 = 1 and (2k + 1) a_k = -sum_(i+j=k-1) a_i a_j."""
+    a = [Fraction(1)]
+    for k in range(1, n_terms):
+        a.append(-sum(a[i] * a[k - 1 - i] for i in range(k)) / (2 * k + 1))
+    return a
+
+
+# u - tanh(u) = -sum_(k >= 1) a_k u^(2k+1) = u^3 (1/3 - 2 u^2/15 + ...): 18 terms reach
+# 1e-17 of the first below |u| = 0.5 (each term about (2u/pi)^2 times the one before)
+_SERIES = [-float(a) for a in _tanh_series(19)[1:]]
+
+
+def _u_minus_tanh(u):
+    """u - tanh(u), without the cancellation of the difference for small |u|."""
+    u2 = u * u
+    return np.where(np.abs(u) < 0.5, u * u2 * np.polynomial.polynomial.polyval(u2, _SERIES),
+                    u - np.tanh(u))
+
+
+def _mean_sq_excess(q):
+    """D(q) = E[u^2 - tanh(u)^2] = q - E[tanh(u)^2], u = sqrt(q) z: about 2 q^2 for small
+    q, where the difference would cancel, so there it is integrated as
+    (u - tanh u)(u + tanh u). (Below q = 1/4, u stays below _U up to z = _Z.)"""
+    if q >= 0.25:
+        return q - _mean_tanh_sq(q)
+    return _even_gaussian_mean(lambda u: _u_minus_tanh(u) * (u + np.tanh(u)), None, q)
+
+
 def _variance_map(q, gain, s, nonlinearity):
     """F(q) for scalars; ``s = sigma_x^2 + sigma_b^2``."""
     mean_sq = _mean_tanh_sq(q) if nonlinearity == "tanh" else 0.5 * q
@@ -106,17 +137,20 @@ def _fixed_point(gain, s, nonlinearity):
         if s == 0.0 and g2 <= 2.0:
             return 0.0
         return s / (1.0 - 0.5 * g2) if g2 < 2.0 else math.inf
+    # F(q) - q = (g^2 - 1) q - g^2 D(q) + s with D(q) = q - E[tanh^2] ~ 2 q^2: written
+    # so, it keeps its relative accuracy near g = 1 and q = 0, where q* ~ sqrt(s/2) or
+    # (g^2 - 1)/2 and g^2 E[tanh^2] - q would lose it all ((g - 1)(g + 1) is exact there).
+    excess_gain = (gain - 1.0) * (gain + 1.0)
     if s == 0.0:
         # q = 0 is a fixed point, stable iff F'(0) = g^2 <= 1. Otherwise the stable one
-        # is the root of F(q)/q - 1 = g^2 E[tanh^2]/q - 1, which tends to g^2 - 1 > 0 as
-        # q -> 0 and is E[tanh^2] - 1 < 0 at q = g^2 (dividing by q keeps it accurate
-        # for small q, just above g = 1).
+        # is the root of F(q)/q - 1, which tends to g^2 - 1 > 0 as q -> 0 and is
+        # E[tanh^2] - 1 < 0 at q = g^2.
         if g2 <= 1.0:
             return 0.0
-        return brentq(lambda q: g2 * _mean_tanh_sq(q) / q - 1.0 if q > 0.0 else g2 - 1.0,
-                      0.0, g2, **_BRENT)
+        return brentq(lambda q: excess_gain - g2 * _mean_sq_excess(q) / q if q > 0.0
+                      else excess_gain, 0.0, g2, **_BRENT)
     # F(0) - 0 = s > 0 and F(q) - q = g^2 (E[tanh^2] - 1) < 0 at q = g^2 + s.
-    return brentq(lambda q: _variance_map(q, gain, s, "tanh") - q, 0.0, g2 + s,
+    return brentq(lambda q: excess_gain * q - g2 * _mean_sq_excess(q) + s, 0.0, g2 + s,
                   **_BRENT)
 
 
@@ -156,17 +190,20 @@ def _critical_gain(s, nonlinearity):
 # --- argument checks and broadcasting --------------------------------------------
 
 
+_LARGEST = 1e150  # squares, as the variances take them, stay finite
+
+
 def _check_real(name, value, positive=False):
-    """``value`` as a float64 array, refusing non-real, non-finite and negative (or,
-    with ``positive``, non-positive) entries."""
+    """``value`` as a float64 array, refusing non-real entries and those outside
+    [0, 1e150] (or, with ``positive``, (0, 1e150])."""
     array = np.asarray(value)
     if array.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be a real number or an array of them, "
                         f"got dtype {array.dtype}")
     array = array.astype(np.float64)
-    bad = ~np.isfinite(array) | ((array <= 0.0) if positive else (array < 0.0))
+    bad = ~(array <= _LARGEST) | ((array <= 0.0) if positive else (array < 0.0))
     if bad.any():
-        expected = "finite and > 0" if positive else "finite and >= 0"
+        expected = f"finite and {'>' if positive else '>='} 0, at most {_LARGEST:.0e}"
         raise ValueError(f"{name} must be {expected}, got {float(array[bad].flat[0])!r}")
     return array
 
@@ -214,11 +251,11 @@ def _elementwise(function, *arrays):
 # stands for the pair (sigma_x, sigma_b).
 _NETWORK_PARAMETERS = {
     "q": """q : float or array_like
-    Pre-activation variance, finite and >= 0.""",
+    Pre-activation variance, >= 0 and at most 1e150.""",
     "gain": """gain : float or array_like
-    Gain g of the recurrent weights, ``W_ij ~ N(0, g^2/N)``; finite and > 0.""",
+    Gain g of the recurrent weights, ``W_ij ~ N(0, g^2/N)``; > 0 and at most 1e150.""",
     "sigma_x": """sigma_x, sigma_b : float or array_like
-    Standard deviations of the input and of the bias per unit; finite and >= 0.""",
+    Standard deviations of the input and of the bias per unit; >= 0 and at most 1e150.""",
     "nonlinearity": """nonlinearity : {"tanh", "relu"}""",
 }
 

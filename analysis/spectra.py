@@ -27,8 +27,9 @@ def _blocks(model):
     """(E or 1, gates, H, H) recurrent blocks, gate names, whether an ensemble."""
     if isinstance(model, np.ndarray) or isinstance(model, (list, tuple)):
         w = check_float_array("weights", model)
-        if w.ndim not in (2, 3) or w.shape[-1] != w.shape[-2]:
-            raise ValueError(f"weights must be a square (N, N) or (E, N, N) array, got {w.shape}")
+        if w.ndim not in (2, 3) or w.shape[-1] != w.shape[-2] or 0 in w.shape:
+            raise ValueError("weights must be a square (N, N) or (E, N, N) array with N, E at "
+                             f"least 1, got {w.shape}")
         check_finite("weights", w)
         ensemble = w.ndim == 3
         return (w if ensemble else w[None])[:, None], ("w",), ensemble
@@ -96,6 +97,9 @@ def weight_spectrum(model, method="auto", n_values=6):
                              attrs("spectral radius of W_hh", "1")),
          "spectral_norm": (dims, member(singular[..., 0]),
                            attrs("spectral norm (largest singular value) of W_hh", "1"))},
-        coords={"gate": list(gates), "index": np.arange(size)},
+        coords={"gate": ("gate", list(gates), attrs("gate block of W_hh (w: the array given)",
+                                                    "1")),
+                "index": ("index", np.arange(size), attrs("index of the value, by decreasing "
+                                                          "modulus", "1"))},
         attrs=provenance("weight_spectrum", {"method": "sparse" if sparse else "dense",
                                              "n_values": size}, np.float64))

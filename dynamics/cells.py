@@ -21,7 +21,11 @@ from kernels.cells import CELL_CODES, GATES
 
 
 class Cell:
-    """Base of RNN, LSTM and GRU: holds and validates the four parameter arrays."""
+    """Base of RNN, LSTM and GRU: holds and validates the four parameter arrays.
+
+    The parameters are read-only attributes, checked once when the cell is built (their
+    values may be changed in place; a new shape needs a new cell).
+    """
 
     kind = None
 
@@ -50,11 +54,13 @@ class Cell:
             raise TypeError(f"all parameters must share one dtype, got {sorted(map(str, dtypes))}")
         for name, array in arrays.items():
             check_finite(name, array)
-            setattr(self, name, array)
-        self.bias = bias_ih is not None
-        if not self.bias:
-            self.bias_ih = self.bias_hh = None
+        self._parameters = arrays
 
+    weight_ih = property(lambda self: self._parameters["weight_ih"])
+    weight_hh = property(lambda self: self._parameters["weight_hh"])
+    bias_ih = property(lambda self: self._parameters.get("bias_ih"), doc="None without biases")
+    bias_hh = property(lambda self: self._parameters.get("bias_hh"), doc="None without biases")
+    bias = property(lambda self: "bias_ih" in self._parameters, doc="Whether the cell has biases.")
     gates = property(lambda self: GATES[self.code], doc="G, the number of gates.")
     code = property(lambda self: CELL_CODES[self.kind], doc="The kernels' cell code.")
     hidden_size = property(lambda self: self.weight_hh.shape[-1])
@@ -68,8 +74,7 @@ class Cell:
 
     def parameters(self):
         """The parameters as a dict keyed by torch's names (without layer suffix)."""
-        names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
-        return {name: getattr(self, name) for name in names}
+        return dict(self._parameters)
 
     def astype(self, dtype):
         """The same cell with parameters in ``dtype`` (self if already so)."""
@@ -151,9 +156,10 @@ class RNN(Cell):
     """Vanilla RNN cell ``h_t = phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, phi tanh or relu."""
 
     def __init__(self, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):
-        self.nonlinearity = check_choice("nonlinearity", nonlinearity, ("tanh", "relu"))
+        self._nonlinearity = check_choice("nonlinearity", nonlinearity, ("tanh", "relu"))
         super().__init__(weight_ih, weight_hh, bias_ih, bias_hh)
 
+    nonlinearity = property(lambda self: self._nonlinearity, doc='"tanh" or "relu"')
     kind = property(lambda self: "rnn_" + self.nonlinearity)
 
     def _options(self):

@@ -1,13 +1,13 @@
 """Global-norm gradient clipping with the semantics of ``torch.nn.utils.clip_grad_norm_``."""
 import numpy as np
 
-from dynamics.validation import check_choice
+from dynamics.validation import check_choice, check_float_array
 
 INPUT_KEYS = ("x", "h0", "c0")
 
 
 def _parameter_gradients(grads):
-    params = [np.asarray(g) for k, g in grads.items() if k not in INPUT_KEYS]
+    params = [check_float_array(k, g) for k, g in grads.items() if k not in INPUT_KEYS]
     if not params:
         raise ValueError("grads holds no parameter gradients")
     return params

@@ -45,6 +45,25 @@ def seed_sequence(seed):
     return seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
 
 
+def child(seed, index):
+    """Child ``index`` of ``seed``'s SeedSequence: ``SeedSequence(seed).spawn(n)[index]``,
+    built directly, so that a SeedSequence the caller passes is never spawned from (which
+    would change what it gives the next time).
+
+    >>> spawned = np.random.SeedSequence(7).spawn(3)[2]
+    >>> bool(child(7, 2).generate_state(1) == spawned.generate_state(1))
+    True
+    """
+    root = seed_sequence(seed)
+    return np.random.SeedSequence(root.entropy, spawn_key=root.spawn_key + (int(index),),
+                                  pool_size=root.pool_size)
+
+
+def children(seed, n):
+    """The first ``n`` children of ``seed`` (``child``)."""
+    return [child(seed, i) for i in range(n)]
+
+
 def draw(gates, input_size, hidden_size, *, init="uniform", gain=1.0, ensemble=None, seed=0,
          dtype="float64", bias=True):
     """Parameters of a cell with ``gates`` gates, as a dict of torch-named arrays.
@@ -52,7 +71,7 @@ def draw(gates, input_size, hidden_size, *, init="uniform", gain=1.0, ensemble=N
     ``init``: "uniform" U(-1/sqrt(H), 1/sqrt(H)) for everything (torch's default);
     "gaussian" W_hh ~ N(0, gain^2/H); "orthogonal" gain * Q with Q Haar-orthogonal;
     "identity" gain * I (IRNN, Le et al. 2015). Non-uniform schemes have zero biases.
-    With ``ensemble=E``, member e is drawn from ``SeedSequence(seed).spawn(E)[e]``.
+    With ``ensemble=E``, member e is drawn from ``child(seed, e)``.
     """
     check_choice("init", init, SCHEMES)
     gain = float(gain)
@@ -66,6 +85,6 @@ def draw(gates, input_size, hidden_size, *, init="uniform", gain=1.0, ensemble=N
         one = draw_one(np.random.default_rng(root), gates, input_size, hidden_size, init, gain, bias)
         return {k: v.astype(dtype) for k, v in one.items()}
     check_positive_int("ensemble", ensemble)
-    members = [draw_one(np.random.default_rng(child), gates, input_size, hidden_size, init,
-                        gain, bias) for child in root.spawn(ensemble)]
+    members = [draw_one(np.random.default_rng(member), gates, input_size, hidden_size, init,
+                        gain, bias) for member in children(root, ensemble)]
     return {k: np.stack([m[k] for m in members]).astype(dtype) for k in members[0]}

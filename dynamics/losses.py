@@ -13,7 +13,7 @@ everything but the member axis, as torch's ``reduction="mean"``; it returns the 
 """
 import numpy as np
 
-from dynamics.validation import check_shape
+from dynamics.validation import check_float_array, check_shape
 
 
 def _without_member(outputs):
@@ -28,7 +28,8 @@ def _member_mean(values):
 @np.errstate(over="ignore", invalid="ignore")  # a diverging member's inf/nan are data
 def mse(outputs, targets):
     """Mean squared error ``mean((outputs - targets)^2)`` per member, and its gradient."""
-    targets = check_shape("targets", np.asarray(targets), _without_member(outputs))
+    targets = check_shape("targets", check_float_array("targets", targets),
+                          _without_member(outputs))
     error = outputs - np.expand_dims(targets, -3).astype(outputs.dtype, copy=False)
     count = error.size // error.shape[-3]
     return _member_mean(error * error), error * (2.0 / count)

@@ -5,8 +5,10 @@
 >>> sorted(net.parameters())[:2], net.layers[1][0].input_size
 (['bias_hh_l0', 'bias_hh_l0_reverse'], 16)
 """
+import numpy as np
+
 from dynamics.cells import GRU, LSTM, RNN, Cell
-from dynamics.init import seed_sequence
+from dynamics.init import children
 from dynamics.validation import check_choice, check_positive_int
 
 CELL_CLASSES = {"rnn_tanh": RNN, "rnn_relu": RNN, "lstm": LSTM, "gru": GRU}
@@ -16,11 +18,13 @@ class Network:
     """``num_layers`` layers of one or two cells (forward, reverse) of one kind.
 
     Layer l > 0 takes the concatenated outputs of layer l-1's directions as input.
-    Every cell must share kind, hidden size, dtype, bias and ensemble size.
+    Every cell must share kind, hidden size, dtype, bias and ensemble size. ``layers``
+    is read-only: a tuple of tuples, checked once.
     """
 
     def __init__(self, layers):
-        layers = [tuple(layer) if isinstance(layer, (list, tuple)) else (layer,) for layer in layers]
+        layers = tuple(tuple(layer) if isinstance(layer, (list, tuple)) else (layer,)
+                       for layer in layers)
         if not layers or any(len(layer) not in (1, 2) for layer in layers):
             raise ValueError("layers must be a non-empty list of 1 or 2 cells each")
         if len({len(layer) for layer in layers}) != 1:
@@ -40,8 +44,9 @@ class Network:
                 if cell.input_size != expected:
                     raise ValueError(f"layer {index} cells must have input_size {expected}, "
                                      f"got {cell.input_size}")
-        self.layers = layers
+        self._layers = layers
 
+    layers = property(lambda self: self._layers, doc="((cell,) or (forward, reverse), ...)")
     first = property(lambda self: self.layers[0][0])
     kind = property(lambda self: self.first.kind)
     hidden_size = property(lambda self: self.first.hidden_size)
@@ -80,15 +85,20 @@ class Network:
         """Draw every cell with ``Cell.init`` (same options); cell k uses child k of ``seed``."""
         check_choice("kind", kind, tuple(CELL_CLASSES))
         num_layers = check_positive_int("num_layers", num_layers)
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise ValueError(f"bidirectional must be True or False, got {bidirectional!r}")
         directions = 2 if bidirectional else 1
         hidden_size = check_positive_int("hidden_size", hidden_size)
+        if "nonlinearity" in options:
+            raise ValueError(f"the kind names the nonlinearity (rnn_tanh or rnn_relu), got "
+                             f"nonlinearity={options['nonlinearity']!r} as well")
         if kind.startswith("rnn_"):
             options["nonlinearity"] = kind[4:]
-        children = iter(seed_sequence(seed).spawn(num_layers * directions))
+        cells = iter(children(seed, num_layers * directions))
         layers = []
         for l in range(num_layers):
             size = input_size if l == 0 else directions * hidden_size
-            layers.append([CELL_CLASSES[kind].init(size, hidden_size, seed=next(children),
+            layers.append([CELL_CLASSES[kind].init(size, hidden_size, seed=next(cells),
                                                    **options) for _ in range(directions)])
         return cls(layers)
 

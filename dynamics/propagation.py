@@ -42,7 +42,7 @@ def _user_layout(array, ensemble):
 def check_input(net, x):
     """x as used internally: (T, B, D) shared, or member-major (E, T, B, D)."""
     x = check_float_array("x", x)
-    D, E = net.input_size, net.ensemble_size
+    D, E, given = net.input_size, net.ensemble_size, x.shape
     if E is not None and x.ndim == 4:
         check_shape("x", x, ("T", E, "B", D))
         x = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
@@ -52,7 +52,7 @@ def check_input(net, x):
         x = np.ascontiguousarray(x)
         batch = x.shape[1]
     if batch == 0:
-        raise ValueError(f"x must have a batch of at least 1, got shape {x.shape}")
+        raise ValueError(f"x must have a batch of at least 1, got shape {given}")
     return x, batch
 
 
@@ -189,6 +189,9 @@ def backward(model, result, grad_output, truncation=None, grad_h_n=None, grad_c_
     >>> bool(np.allclose(g["x"], dynamics.bptt(gru, x, 2 * result.output)["x"]))
     True
     """
+    if not isinstance(result, ForwardResult):
+        raise TypeError(f"result must be the ForwardResult of dynamics.forward, got "
+                        f"{type(result).__name__}")
     if result.tapes is None:
         raise ValueError("this ForwardResult was already backpropagated; run forward again")
     run = engine(result.backend)

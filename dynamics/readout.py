@@ -12,7 +12,7 @@ in place of H.
 """
 import numpy as np
 
-from dynamics.init import seed_sequence
+from dynamics.init import children
 from dynamics.validation import (check_finite, check_float_array, check_positive_int,
                                  check_shape)
 
@@ -42,7 +42,7 @@ class Readout:
         O = check_positive_int("output_size", output_size)
         E = check_positive_int("ensemble", ensemble)
         bound = 1.0 / np.sqrt(H)
-        rngs = [np.random.default_rng(child) for child in seed_sequence(seed).spawn(E)]
+        rngs = [np.random.default_rng(child) for child in children(seed, E)]
         draws = [(rng.uniform(-bound, bound, (O, H)), rng.uniform(-bound, bound, O))
                  for rng in rngs]
         return cls(np.stack([w for w, _ in draws]).astype(dtype),
@@ -52,10 +52,12 @@ class Readout:
         """``{"readout_weight": W, "readout_bias": b}``, the arrays themselves."""
         return {"readout_weight": self.weight, "readout_bias": self.bias}
 
+    @np.errstate(over="ignore", invalid="ignore")  # a diverging member's inf/nan are data
     def __call__(self, features):
         """Outputs ``features @ W^T + b`` with the member axis third from the end."""
         return np.matmul(features, self.weight.transpose(0, 2, 1)) + self.bias[:, None, :]
 
+    @np.errstate(over="ignore", invalid="ignore")
     def backward(self, features, grad_outputs):
         """(dL/dfeatures, {"readout_weight": dL/dW, "readout_bias": dL/db}) from
         ``grad_outputs``, the gradient of the outputs of ``self(features)``."""

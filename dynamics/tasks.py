@@ -22,7 +22,7 @@ import functools
 
 import numpy as np
 
-from dynamics.init import seed_sequence
+from dynamics.init import child, seed_sequence
 from dynamics.validation import FLOAT_DTYPES, check_positive_int
 
 #: MSE of the best constant prediction of the adding problem's target.
@@ -116,8 +116,7 @@ def copy_task(seq_len, batch, seed=0, n_symbols=10, n_categories=8, dtype="float
 
 
 def _batch_for_step(task, root, kwargs, step):
-    seed = np.random.SeedSequence(root.entropy, spawn_key=root.spawn_key + (int(step),))
-    return task(seed=seed, **kwargs)
+    return task(seed=child(root, step), **kwargs)
 
 
 def minibatches(task, seed=0, **kwargs):

@@ -21,6 +21,7 @@ is flagged ``diverged``; the others go on. The model passed in is never modified
 (('member', 'step'), 2, False)
 """
 import json
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,8 @@ def _check_readout(readout, net, seed):
 def _outputs(net, readout, x, target, backend):
     """(forward result, readout input, readout output) for the batch ``x``."""
     x = check_float_array("x", x).astype(net.dtype, copy=False)
+    if x.ndim and x.shape[0] == 0:
+        raise ValueError(f"x must have at least one step, got shape {x.shape}")
     result = forward(net, x, backend=backend)
     features = result.output[-1] if target == "last" else result.output
     return result, features, readout(features)
@@ -127,7 +130,8 @@ def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer
     optimizer = Adam() if optimizer is None else optimizer
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a dynamics.optim.SGD or Adam, got {optimizer!r}")
-    if clip is not None and not (np.isscalar(clip) and clip > 0):
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, numbers.Real)
+                             or not clip > 0):
         raise ValueError(f"clip must be None or a positive number, got {clip!r}")
     if truncation is not None:
         truncation = check_positive_int("truncation", truncation)
@@ -137,8 +141,8 @@ def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer
     net = _ensemble_copy(given)
     readout = _check_readout(readout, net, seed)
     E = net.ensemble_size
-    optimizer.check_ensemble(E)
     parameters = {**net.parameters(), **readout.parameters()}
+    optimizer.check_parameters(parameters)
     losses, norms = np.full((E, steps), np.nan), np.full((E, steps), np.nan)
     diverged, stopped_at = np.zeros(E, bool), np.full(E, -1)
     iterator = range(steps)
@@ -206,6 +210,8 @@ def evaluate(model, readout, x, y, loss="mse", target="last", backend="cpu"):
     net = as_network(model)
     loss_function = LOSSES[check_choice("loss", loss, tuple(LOSSES))]
     check_choice("target", target, TARGETS)
+    if not isinstance(readout, Readout):
+        raise TypeError(f"readout must be a dynamics.Readout, got {type(readout).__name__}")
     wrapped = _ensemble_copy(net) if net.ensemble_size is None else net
     readout = _check_readout(readout, wrapped, 0)
     _, _, predictions = _outputs(wrapped, readout, x, target, backend)

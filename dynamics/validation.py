@@ -11,16 +11,18 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_float_array(name, value):
-    """Return ``value`` as a float32/float64 ndarray; refuse every other dtype.
+    """Return ``value`` as a float32/float64 ndarray in native byte order (as big-endian
+    data from NetCDF or HDF5 files may not be); refuse every other dtype.
 
-    >>> check_float_array("x", [1.0, 2.0]).dtype
-    dtype('float64')
+    >>> check_float_array("x", [1.0, 2.0]).dtype, check_float_array("x", np.ones(2, ">f4")).dtype
+    (dtype('float64'), dtype('float32'))
     """
     array = np.asarray(value)
-    if array.dtype not in FLOAT_DTYPES:
+    native = array.dtype.newbyteorder("=")
+    if native not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {array.dtype}"
                         " (cast it explicitly)")
-    return array
+    return array.astype(native, copy=False)
 
 
 def format_shape(dims):

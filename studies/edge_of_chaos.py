@@ -11,7 +11,9 @@ and predicted (chi_1 = 1). Input suppresses chaos: the critical gain grows with 
 
 Seed s fixes the matrix W_0 ~ N(0, 1/N) and the noise xi_t ~ N(0, 1) of every point with
 that seed (W = g W_0, x_t = sigma_x xi_t: common random numbers, so each seed's curves
-against g are smooth); the initial state comes from the point's own SeedSequence. ``--cell lstm|gru`` runs the gated cells the same way (W_hh ~ N(0, g^2/H)
+against g are smooth); the initial state and tangent come from the point's own
+SeedSequence, so a point's result does not depend on the chunk it ran in. ``--cell
+lstm|gru`` runs the gated cells the same way (W_hh ~ N(0, g^2/H)
 per gate, the white input added to every gate's pre-activation); they have no mean
 field, and their spectral radius is that of the candidate block (LSTM g, GRU n).
 
@@ -102,8 +104,8 @@ def simulate(points, seeds, *, cell, units, steps, burn_in, dtype, base_seed, ba
     state = (h0, np.zeros_like(h0)) if cell == "lstm" else h0
     with np.errstate(over="ignore", invalid="ignore"):  # diverged runs are flagged
         lyapunov = analysis.lyapunov_spectrum(
-            rnn, drive=drive, n_exponents=1, burn_in=burn_in, h0=state, dtype=dtype,
-            gradient_lags=steps if backend == "cpu" else None, backend=backend)
+            rnn, drive=drive, n_exponents=1, burn_in=burn_in, h0=state, seed=list(seeds),
+            dtype=dtype, gradient_lags=steps if backend == "cpu" else None, backend=backend)
         if backend == "cpu":
             decay = lyapunov.gradient_decay_rate
         else:  # the same adjoint, on a trajectory of its own (the GPU walk keeps no tape)
@@ -222,10 +224,14 @@ def main(argv=None):
     if sizes["burn_in"] < 0:
         parser.error(f"--burn-in must be at least 0, got {sizes['burn_in']}")
     start = time.perf_counter()
-    sweep = build_sweep(**sizes, cell=args.cell, dtype=args.dtype, seed=args.seed,
-                        chunk_size=args.chunk_size, backend=args.backend)
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.store or str(args.out / f"{NAME}.zarr")
+    try:  # a bad chunk size, or a store of another configuration: refused up front
+        sweep = build_sweep(**sizes, cell=args.cell, dtype=args.dtype, seed=args.seed,
+                            chunk_size=args.chunk_size, backend=args.backend)
+        sweep.open_store(store)
+    except ValueError as error:
+        parser.error(str(error))
     swept = sweep.run(store=store, workers=args.workers, scheduler=args.scheduler)
     ds = finish(swept, args.cell)
     ds.attrs["units"] = sizes["units"]
@@ -249,4 +255,7 @@ def summary(ds):
 
 
 if __name__ == "__main__":
-    main()
+    # the importable module's main: dask then pickles the sweep's functions by reference
+    # to studies.edge_of_chaos, which a running cluster's workers can import (not our __main__)
+    from studies.edge_of_chaos import main as module_main
+    module_main()

@@ -27,7 +27,8 @@ predicting the constant 1; ``diverged`` where training stopped on a non-finite v
 Randomness: network s of init i is drawn from ``SeedSequence(seed, spawn_key=(1, i, s))``
 (the same networks are analysed and trained at every T); the minibatches of length T
 from ``(2, T)`` and its held-out batch from ``(3, T)``, shared by every init (common
-random numbers); the analysis inputs from ``(4,)``. The sweep engine runs the grid
+random numbers); the analysis inputs from ``(4,)``, the Lyapunov walk's initial states
+and tangents from ``(6,)``; the readouts from ``(5,)``. The sweep engine runs the grid
 (init x seq_len for training, init for the analysis), in-process or on dask, resumable
 from its zarr stores.
 
@@ -106,6 +107,8 @@ def analyse_point(points, point_seeds, *, units, seeds, lags, dtype, base_seed, 
         log_norm = norms.log_gradient_norm.sel(norm="adjoint")
         grad.append(np.exp(log_norm.mean(("member", "batch")).values))
         spectrum = analysis.lyapunov_spectrum(model, x, n_exponents=1, burn_in=lags // 5,
+                                              seed=np.random.SeedSequence(base_seed,
+                                                                          spawn_key=(6,)),
                                               dtype=dtype, backend=backend)
         lyap.append(spectrum.lyapunov_max.mean("batch").values)
     return {"grad_norm": np.array(grad), "lyapunov_max": np.array(lyap)}
@@ -193,18 +196,22 @@ def identity_init(inits=tuple(INITS), lengths=FULL["lengths"], seeds=3, steps=20
     if lengths.ndim != 1 or lengths.size == 0 or np.any(lengths < 2) or np.any(
             lengths != np.round(lengths)):
         raise ValueError(f"lengths must be integers >= 2, got {lengths.tolist()}")
+    lengths = lengths.astype(int).tolist()
     for name, value in (("seeds", seeds), ("steps", steps), ("units", units), ("batch", batch)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    at_init, trained = build_sweeps(inits, lengths.astype(int).tolist(), seeds, steps, units,
-                                    batch, lr, clip, dtype, seed, backend)
+    Adam(lr)  # checks lr, and below clip, before any store is opened
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be None (no clipping) or > 0, got {clip!r}")
+    at_init, trained = build_sweeps(inits, lengths, seeds, steps, units, batch, lr, clip, dtype,
+                                    seed, backend)
     paths = [None, None] if store is None else [f"{store}/{s.name}.zarr" for s in (at_init, trained)]
     ds = xr.merge([at_init.run(paths[0], progress=progress, **where),
                    trained.run(paths[1], progress=progress, **where)], combine_attrs="override")
     ds["baseline_mse"] = ((), ADDING_BASELINE_MSE, attrs(
         "MSE of predicting the constant 1 (the adding problem's mean target)", "1"))
     ds["init"].attrs["description"] = json.dumps({i: INITS[i][2] for i in inits})
-    ds.attrs["config"] = json.dumps(dict(inits=inits, lengths=lengths.tolist(), seeds=seeds,
+    ds.attrs["config"] = json.dumps(dict(inits=inits, lengths=lengths, seeds=seeds,
                                          steps=steps, units=units, batch=batch, lr=lr,
                                          clip=clip, optimizer="Adam", dtype=str(dtype)))
     return ds
@@ -277,7 +284,8 @@ def main(argv=None):
     for option in ("seeds", "steps", "units", "batch"):
         parser.add_argument(f"--{option}", type=int)
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--clip", type=float, default=1.0, help="global-norm clipping")
+    parser.add_argument("--clip", type=float, default=1.0,
+                        help="max global gradient norm per network (0: no clipping)")
     parser.add_argument("--workers", type=int, help="run on a dask LocalCluster of N workers")
     parser.add_argument("--scheduler", help="run on a dask cluster, e.g. tcp://host:8786")
     args = parser.parse_args(argv)
@@ -285,7 +293,7 @@ def main(argv=None):
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        ds = identity_init(args.inits, lr=args.lr, clip=args.clip, dtype=args.dtype,
+        ds = identity_init(args.inits, lr=args.lr, clip=args.clip or None, dtype=args.dtype,
                            seed=args.seed, store=str(args.out), progress=True,
                            backend=args.backend,
                            workers=args.workers, scheduler=args.scheduler, **sizes)
@@ -298,4 +306,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    # the importable module's main: dask then pickles the sweep's functions by reference
+    # to studies.identity_init, which a running cluster's workers can import (not our __main__)
+    from studies.identity_init import main as module_main
+    module_main()

@@ -525,6 +525,10 @@ def main(argv=None):
                          f"got {getattr(args, name)}")
     if args.clip is not None and not args.clip > 0:
         parser.error(f"--clip must be positive, got {args.clip}")
+    if args.spectral_norms is not None and not (np.all(args.spectral_norms > 0)
+                                                and np.all(np.isfinite(args.spectral_norms))):
+        parser.error("--spectral-norms must be positive and finite, got "
+                     f"{args.spectral_norms.tolist()}")
     config = study_config(args.quick, args.seed, args.dtype, units=args.units,
                           max_lag=args.max_lag, clip=args.clip,
                           spectral_norms=None if args.spectral_norms is None

@@ -121,6 +121,18 @@ def x_float16():
     dynamics.forward(rnn(D=3), np.ones((5, 2, 3), dtype=np.float16))
 
 @case
+def big_endian_arrays():
+    # as NetCDF and HDF5 files may give them: read in native byte order, same values
+    swap = lambda a: a.astype(a.dtype.newbyteorder(">" if a.dtype.byteorder != ">" else "<"))
+    net, x, h0 = lstm2(), normal(5, 2, 3), normal(4, 2, 4)
+    swapped = dynamics.Network([[dynamics.LSTM(**{k: swap(v) for k, v in c.parameters().items()})
+                                 for c in layer] for layer in net.layers])
+    a = dynamics.forward(net, x, h0=(h0, h0))
+    b = dynamics.forward(swapped, swap(x), h0=(swap(h0), swap(h0)))
+    return {"swapped": swap(x).dtype.byteorder, "output": same(a.output, b.output),
+            "c_n": same(a.c_n, b.c_n)}
+
+@case
 def x_object():
     dynamics.forward(rnn(D=3), np.ones((5, 2, 3), dtype=object))
 
@@ -635,6 +647,15 @@ def cell_nan_bias_hh():
 def cell_bad_nonlinearity():
     dynamics.RNN(weight_ih=np.zeros((4, 2)), weight_hh=np.zeros((4, 4)), nonlinearity="sigmoid")
 
+@case
+def cell_parameter_reassigned():
+    # checked shapes stay checked: a kernel would read a smaller array out of bounds
+    dynamics.GRU.init(3, 64).bias_hh = np.ones(3)
+
+@case
+def cell_nonlinearity_reassigned():
+    dynamics.RNN.init(3, 4).nonlinearity = "sigmoid"
+
 # ---------------------------------------------------------------- networks
 @case
 def network_layer_input_mismatch():
@@ -673,6 +694,19 @@ def network_empty():
 @case
 def network_not_cells():
     dynamics.Network([[np.zeros((4, 4))]])
+
+@case
+def network_init_nonlinearity_twice():
+    dynamics.Network.init("rnn_tanh", 3, 4, nonlinearity="relu")
+
+@case
+def network_init_bidirectional_not_bool():
+    dynamics.Network.init("gru", 3, 4, bidirectional="no")
+
+@case
+def network_layer_replaced():
+    net = dynamics.Network.init("gru", 3, 4, num_layers=2)
+    net.layers[1] = (dynamics.GRU.init(5, 4),)
 
 @case
 def model_not_a_model():
@@ -809,6 +843,11 @@ def test_x_wrong_ndim(outcomes, name, shape):
 def test_x_non_float_dtype_is_type_error(outcomes, name, dtype):
     message = expect_error(outcomes, name, "TypeError", "x ", dtype)
     assert message.startswith("x ")
+
+
+def test_big_endian_arrays_are_read_in_native_order(outcomes):
+    assert expect_ok(outcomes, "big_endian_arrays") == {"swapped": ">", "output": True,
+                                                        "c_n": True}
 
 
 @pytest.mark.parametrize("name", ["x_nan_rnn_tanh", "x_nan_lstm", "x_nan_gru"])
@@ -1004,6 +1043,8 @@ def test_unknown_backend(outcomes, function, backend):
     ("cell_inf_weight_ih", "ValueError", ["weight_ih", "finite"]),
     ("cell_nan_bias_hh", "ValueError", ["bias_hh", "finite"]),
     ("cell_bad_nonlinearity", "ValueError", ["nonlinearity", "'sigmoid'"]),
+    ("cell_parameter_reassigned", "AttributeError", ["bias_hh"]),
+    ("cell_nonlinearity_reassigned", "AttributeError", ["nonlinearity"]),
 ])
 def test_inconsistent_cells(outcomes, name, error, fragments):
     expect_error(outcomes, name, error, *fragments)
@@ -1020,6 +1061,9 @@ def test_inconsistent_cells(outcomes, name, error, fragments):
     ("network_directions_differ", "ValueError", ["directions"]),
     ("network_empty", "ValueError", ["layers"]),
     ("network_not_cells", "TypeError", ["layers"]),
+    ("network_layer_replaced", "TypeError", ["tuple"]),
+    ("network_init_nonlinearity_twice", "ValueError", ["rnn_tanh", "'relu'"]),
+    ("network_init_bidirectional_not_bool", "ValueError", ["bidirectional", "'no'"]),
     ("model_not_a_model", "TypeError", ["model", "dict"]),
 ])
 def test_inconsistent_networks(outcomes, name, error, fragments):

@@ -6,6 +6,7 @@ matrix products of the Jacobians, ``dynamics.bptt`` for adjoints, and closed for
 """
 import numpy as np
 import pytest
+import xarray as xr
 from conftest import KINDS, examples, random_cell, seeds
 from hypothesis import given
 from hypothesis import strategies as st
@@ -254,9 +255,12 @@ def test_diverging_trajectory_is_flagged_not_raised():
     cell = dynamics.RNN(weight_ih=np.full((H, 1), 1e300), weight_hh=3 * np.eye(H),
                         nonlinearity="relu")
     x = np.ones((20, 2, 1))
+    x[:, 1] = 0.0   # batch element 1 stays at h = 0
     with np.errstate(over="ignore", invalid="ignore"):
-        g = analysis.gradient_norm_vs_lag(cell, x)
-    assert g.diverged.values.all()
+        results = [analysis.gradient_norm_vs_lag(cell, x), analysis.state_jacobians(cell, x),
+                   analysis.jacobian_product(cell, x, 19, 2), analysis.log_singular_values(cell, x)]
+    for result in results:
+        assert result.diverged.values.tolist() == [True, False]
 
 
 @pytest.mark.parametrize("call, message", [
@@ -268,14 +272,43 @@ def test_diverging_trajectory_is_flagged_not_raised():
     (lambda c, x: analysis.gradient_norm_vs_lag(c, x, fit_lags=5), "fit_lags must be a pair"),
     (lambda c, x: analysis.gradient_norm_vs_lag(c, x, fit_lags=(6, 2)),
      r"fit_lags\[1\] must be an integer >= 6"),
+    (lambda c, x: analysis.gradient_norm_vs_lag(c, x, fit_lags=(2, 11)),
+     r"fit_lags\[1\] must be at most max_lag = 10"),
     (lambda c, x: analysis.gradient_norm_vs_lag(c, x, grad_final=np.ones(5)), "grad_final"),
+    (lambda c, x: analysis.gradient_norm_vs_lag(c, drive=np.zeros((5, 0, 9))),
+     "batch of at least 1"),
+    (lambda c, x: analysis.gradient_norm_vs_lag(c, x, drive=np.zeros((10, 2, 9))), "not both"),
+    (lambda c, x: analysis.jacobian_product(c, x, t="a", k=0), "t must be an integer"),
     (lambda c, x: analysis.state_jacobians(dynamics.Network.init("gru", 2, 3, num_layers=2), x),
      "one layer in one direction"),
     (lambda c, x: analysis.state_jacobians(c, x.astype(int)), "float32 or float64"),
     (lambda c, x: analysis.state_jacobians("gru", x), "model must be"),
 ])
-def test_bad_input_is_refused(call, message):
+def test_bad_input_is_refused(call, message, monkeypatch):
+    """... before the trajectory runs."""
+    def not_reached(*args, **kwargs):
+        raise AssertionError("the trajectory ran before the arguments were checked")
+    monkeypatch.setattr(dynamics, "forward", not_reached)
+    monkeypatch.setattr(analysis.jacobians, "driven_tape", not_reached)
     cell = random_cell("gru", 2, 3)
     x = np.zeros((10, 2, 2))
     with pytest.raises((ValueError, TypeError), match=message):
         call(cell, x)
+
+
+@pytest.mark.parametrize("model", [dynamics.RNN.init(2, 5, ensemble=2, seed=0),
+                                   dynamics.LSTM.init(2, 3, seed=0)])
+def test_every_result_labels_its_variables_and_coordinates(model):
+    """long_name and units on every variable and coordinate (issue 3), provenance attrs."""
+    from studies._common import check_attrs
+
+    x = np.random.default_rng(0).normal(size=(12, 2, 2))
+    results = [analysis.state_jacobians(model, x), analysis.jacobian_product(model, x, 9, 3),
+               analysis.log_singular_values(model, x), analysis.weight_spectrum(model),
+               analysis.gradient_norm_vs_lag(model, x, max_lag=6),
+               analysis.lyapunov_spectrum(model, x, n_exponents=2, gradient_lags=4),
+               analysis.meanfield.dataset([0.5, 2.0], sigma_x=[0.0, 1.0])]
+    for result in results:
+        dataset = result if isinstance(result, xr.Dataset) else result.to_dataset()
+        check_attrs(dataset)
+        assert result.attrs["dtype"] == "float64" and "numba_version" in result.attrs

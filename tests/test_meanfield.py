@@ -67,6 +67,23 @@ def test_gaussian_means_match_quad(q):
     assert abs(meanfield._mean_sech_4(q) - gaussian_mean_quad(sech_4, q)) < 1e-10
 
 
+def test_u_minus_tanh_keeps_its_digits():
+    """Against 64-bit-mantissa long doubles, where u - tanh(u) loses 3/u^2 of its ~1e-19
+    relative precision: below 1e-13 for u >= 0.01."""
+    u = np.concatenate([np.geomspace(0.01, 3.0, 200), [0.5, np.nextafter(0.5, 0)]])
+    exact = u.astype(np.longdouble) - np.tanh(u.astype(np.longdouble))
+    relative = np.abs((meanfield._u_minus_tanh(u) - exact) / exact).astype(float)
+    assert relative.max() < 1e-13
+
+
+@examples(20)
+@given(q=st.floats(-8.0, -4.0).map(lambda e: 10.0 ** e))
+def test_mean_square_excess_matches_its_small_q_expansion(q):
+    """q - E[tanh^2] = 2 q^2 - 17/3 q^3 + 62/3 q^4 - O(q^5): no cancellation."""
+    expansion = 2 * q ** 2 - 17 / 3 * q ** 3 + 62 / 3 * q ** 4
+    assert meanfield._mean_sq_excess(q) == pytest.approx(expansion, rel=1e-11)
+
+
 def test_gaussian_means_at_q_zero_are_exact():
     assert meanfield._mean_tanh_sq(0.0) == 0.0
     assert meanfield._mean_sech_4(0.0) == 1.0
@@ -106,6 +123,18 @@ def test_q_star_is_the_stable_fixed_point(gain, sigma_x, sigma_b):
     assert abs(variance_map(q, gain, sigma_x, sigma_b) - q) <= 1e-12 * q
     assert slope_of_variance_map(q, gain) < 1.0
     assert (q == 0.0) == (autonomous and gain <= 1.0)
+
+
+@examples(20)
+@given(sigma=st.floats(-100.0, -8.0).map(lambda e: 10.0 ** e))
+def test_q_star_at_gain_1_with_small_input_matches_small_q_expansion(sigma):
+    """g = 1: q* ~ sqrt(s/2) solves s - 2 q^2 + 17/3 q^3 = O(q^4) (to a relative 5 q^2 <
+    1e-15 for sigma <= 1e-8): no digits lost to F(q) - q cancelling."""
+    s = sigma ** 2
+    q = math.sqrt(s / 2)
+    for _ in range(5):   # Newton on the truncated equation
+        q -= (s - 2 * q ** 2 + 17 / 3 * q ** 3) / (-4 * q + 17 * q ** 2)
+    assert fixed_point_variance(1.0, sigma) == pytest.approx(q, rel=1e-11)
 
 
 @pytest.mark.parametrize("k", range(4, 10))
@@ -212,6 +241,7 @@ def test_dataset_layout_and_values():
     assert ds.lyapunov_max.attrs["units"] == "nats/step"
     assert ds.lag_scale.attrs["units"] == "steps"
     assert ds.chi_1.attrs["units"] == ds.q_star.attrs["units"] == "1"
+    assert ds.attrs["dtype"] == "float64"
     for name in list(ds.data_vars) + list(ds.coords):
         assert ds[name].attrs["long_name"] and "units" in ds[name].attrs
     assert ds.attrs["nonlinearity"] == "tanh" and ds.attrs["sigma_b"] == 0.2
@@ -240,6 +270,8 @@ def test_dataset_relu_marks_divergence_with_inf():
     (dict(gain=-1.0), ValueError, ["gain", "> 0", "-1.0"]),
     (dict(gain=[1.0, np.nan]), ValueError, ["gain", "finite", "nan"]),
     (dict(gain=np.inf), ValueError, ["gain", "finite", "inf"]),
+    (dict(gain=1e160), ValueError, ["gain", "at most 1e+150", "1e+160"]),   # g^2 overflows
+    (dict(gain=1.0, sigma_x=1e160), ValueError, ["sigma_x", "at most 1e+150"]),
     (dict(gain=1.0, sigma_x=-0.1), ValueError, ["sigma_x", ">= 0", "-0.1"]),
     (dict(gain=1.0, sigma_b=[0.0, np.inf]), ValueError, ["sigma_b", "finite", "inf"]),
     (dict(gain="1.0"), TypeError, ["gain", "real", "<U3"]),
@@ -254,7 +286,8 @@ def test_bad_input_is_refused_by_name(function, kwargs, error, words):
 
 
 def test_bad_input_critical_gain_variance_map_and_dataset():
-    with pytest.raises(ValueError, match="sigma_x must be finite and >= 0, got -1.0"):
+    with pytest.raises(ValueError, match=r"sigma_x must be finite and >= 0, at most 1e\+150, "
+                                         "got -1.0"):
         critical_gain(-1.0)
     with pytest.raises(ValueError, match="nonlinearity must be one of"):
         critical_gain(nonlinearity="gelu")

@@ -57,11 +57,22 @@ def test_every_number_comes_from_the_documented_seeds(small):
                          optimizer=Adam(0.01), clip=1.0,
                          seed=np.random.SeedSequence(0, spawn_key=(5,)))
     np.testing.assert_array_equal(ds.loss.sel(init=init, seq_len=seq_len), run.history.loss)
+    x_test, y_test = adding_problem(seq_len, study.TEST_BATCH,
+                                    np.random.SeedSequence(0, spawn_key=(3, seq_len)))
+    np.testing.assert_allclose(ds.final_mse.sel(init=init, seq_len=seq_len),
+                               dynamics.evaluate(run.model, run.readout, x_test, y_test),
+                               rtol=1e-12)
     x, _ = adding_problem(12, study.ANALYSIS_BATCH, np.random.SeedSequence(0, spawn_key=(4,)))
     lyap = analysis.lyapunov_spectrum(study.network(init, 8, 2, 0, "float64"), x,
-                                      n_exponents=1, burn_in=12 // 5)
+                                      n_exponents=1, burn_in=12 // 5,
+                                      seed=np.random.SeedSequence(0, spawn_key=(6,)))
     np.testing.assert_allclose(ds.lyapunov_max.sel(init=init),
                                lyap.lyapunov_max.mean("batch"), rtol=1e-12)
+    norms = analysis.gradient_norm_vs_lag(study.network(init, 8, 2, 0, "float64"), x,
+                                          max_lag=11, products=False)
+    log_adjoint = norms.log_gradient_norm.sel(norm="adjoint")   # the geometric mean
+    np.testing.assert_allclose(ds.grad_norm.sel(init=init),
+                               np.exp(log_adjoint.mean(("member", "batch"))), rtol=1e-12)
 
 
 def test_the_irnn_keeps_gradients_that_the_small_gaussian_relu_rnn_loses(small):
@@ -81,8 +92,10 @@ def test_a_rerun_on_the_same_stores_resumes_and_another_configuration_is_refused
 
 
 @pytest.mark.parametrize("argv", [["--inits", "irnn,nope"], ["--lengths", "1"],
-                                  ["--seeds", "0"], ["--steps", "0"]])
-def test_bad_arguments_exit_with_a_message(argv, tmp_path, capsys):
+                                  ["--seeds", "0"], ["--steps", "0"], ["--lr", "0"],
+                                  ["--lr", "-1"], ["--clip", "-1"]])
+def test_bad_arguments_exit_with_a_message_before_any_store_is_opened(argv, tmp_path, capsys):
     with pytest.raises(SystemExit):
         study.main(argv + ["--out", str(tmp_path)])
     assert "error" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.zarr"))

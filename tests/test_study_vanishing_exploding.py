@@ -109,3 +109,12 @@ def test_quick_run_curves(quick_run):
     assert (clipped <= ds.adjoint_norm.sel(clipping="none") * (1 + 1e-9)).all()
     exploding = ds.jacobian_norm.sel(matrix="orthogonal", activation="linear", spectral_norm=1.5)
     assert float(exploding[-1]) > 1e3
+
+
+@pytest.mark.parametrize("argv", [["--spectral-norms", "0"], ["--spectral-norms=-1,0.5"],
+                                  ["--units", "0"], ["--clip", "0"]])
+def test_bad_arguments_exit_with_a_message(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ve.main(["--quick", "--out", str(tmp_path)] + argv)
+    assert "error" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -180,6 +180,53 @@ def test_edge_of_chaos_quick_run(tmp_path):
     np.testing.assert_allclose(ds.grad_decay_rate, ds.lyapunov_max, atol=0.1)
 
 
+def test_edge_of_chaos_refuses_bad_options_with_a_usage_error(tmp_path, capsys):
+    from studies import edge_of_chaos
+
+    small = ["--gains", "1,2", "--sigma-x", "0", "--units", "4", "--seeds", "1", "--steps",
+             "5", "--burn-in", "0", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        edge_of_chaos.main(small + ["--chunk-size", "0"])
+    assert "chunk_size must be" in capsys.readouterr().err
+    edge_of_chaos.main(small)
+    with pytest.raises(SystemExit):   # the same store, another configuration
+        edge_of_chaos.main(small[:-2] + ["--steps", "6", "--out", str(tmp_path)])
+    assert "another configuration" in capsys.readouterr().err
+
+
+def test_edge_of_chaos_points_do_not_depend_on_their_chunk():
+    """Each point's W_0, noise, initial state and tangent come from its own seeds."""
+    from studies import edge_of_chaos
+
+    sizes = dict(gains=np.array([1.2, 2.0]), sigma_x=np.array([0.0, 1.0]), units=16, seeds=1,
+                 steps=40, burn_in=5)
+    one, four = (edge_of_chaos.build_sweep(**sizes, chunk_size=n).run(progress=False)
+                 for n in (1, 4))
+    xr.testing.assert_identical(one.drop_attrs(), four.drop_attrs())
+
+
+def test_a_study_run_as_a_module_sweeps_on_a_running_cluster(tmp_path):
+    """``python -m studies.edge_of_chaos --scheduler ADDR``: the cluster's workers cannot
+    import the study's ``__main__``, so its functions must travel by module name."""
+    from dask.distributed import LocalCluster
+
+    from conftest import ROOT
+
+    argv = ["--gains", "0.5,2.5", "--sigma-x", "0,1", "--units", "12", "--seeds", "1",
+            "--steps", "60", "--burn-in", "10"]
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        done = subprocess.run(
+            [sys.executable, "-m", "studies.edge_of_chaos", *argv, "--scheduler",
+             cluster.scheduler_address, "--out", str(tmp_path / "cluster")],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+            text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from studies import edge_of_chaos
+    in_process = edge_of_chaos.main(argv + ["--out", str(tmp_path / "here")])
+    with xr.open_dataset(tmp_path / "cluster" / "edge_of_chaos.nc", engine="h5netcdf") as ds:
+        xr.testing.assert_identical(ds.load().drop_attrs(), in_process.drop_attrs())
+
+
 def test_edge_of_chaos_on_cuda_equals_cpu(tmp_path):
     """--backend cuda (numba's simulator without a GPU) at tiny sizes: the Lyapunov walk and
     the gradient (on a trajectory of its own there) give the CPU's numbers."""

@@ -205,12 +205,14 @@ def test_inactive_members_keep_their_values_and_state():
 
 
 def torch_training(module, linear, batches, optimizer_options, clip, loss, target):
-    """Parameters (numpy, by our names) after torch trains ``module`` + ``linear``."""
+    """Parameters (numpy, by our names) after torch trains ``module`` + ``linear``, and
+    each step's loss and gradient norm before clipping."""
     import torch
 
     params = list(module.parameters()) + list(linear.parameters())
     name, options = optimizer_options
     optimizer = getattr(torch.optim, name)(params, **options)
+    losses, norms = [], []
     for x, y in batches:
         optimizer.zero_grad()
         output, _ = module(torch.from_numpy(x))
@@ -223,13 +225,14 @@ def torch_training(module, linear, batches, optimizer_options, clip, loss, targe
             value = torch.nn.functional.cross_entropy(
                 prediction.reshape(-1, prediction.shape[-1]), y.reshape(-1))
         value.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        norm = torch.nn.utils.clip_grad_norm_(params, float("inf") if clip is None else clip)
+        losses.append(value.item())
+        norms.append(norm.item())
         optimizer.step()
     result = {k: v.detach().numpy() for k, v in module.state_dict().items()}
     result["readout_weight"] = linear.weight.detach().numpy()
     result["readout_bias"] = linear.bias.detach().numpy()
-    return result
+    return result, np.array(losses), np.array(norms)
 
 
 @pytest.mark.parametrize("kind,num_layers,loss,target,optimizer,clip", [
@@ -260,13 +263,16 @@ def test_training_matches_a_torch_training_loop(kind, num_layers, loss, target, 
     run = dynamics.train(net, lambda step: batches[step], steps=len(batches), readout=readout,
                          loss=loss, target=target, clip=clip,
                          optimizer=getattr(dynamics.optim, name)(**options))
-    expected = torch_training(module, linear, batches, optimizer, clip, loss, target)
+    expected, losses, norms = torch_training(module, linear, batches, optimizer, clip, loss,
+                                             target)
     got = {**run.model.parameters(), "readout_weight": run.readout.weight[0],
            "readout_bias": run.readout.bias[0]}
     assert set(got) == set(expected)
     for key, value in expected.items():
         assert naive.relative_error(got[key], value, tiny=1.0) < 1e-10, key
-    assert run.history.loss.dims == ("step",) and np.isfinite(run.history.loss).all()
+    assert run.history.loss.dims == run.history.grad_norm.dims == ("step",)
+    np.testing.assert_allclose(run.history.loss, losses, rtol=1e-10)
+    np.testing.assert_allclose(run.history.grad_norm, norms, rtol=1e-10)
 
 
 @examples(6)
@@ -309,6 +315,18 @@ def test_a_small_irnn_learns_the_adding_problem():
     assert float(run.history.loss[:20].mean()) > 2 * float(run.history.loss[-20:].mean())
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("kind", ["lstm", "irnn"])
+def test_divergence_is_data_not_a_warning(kind):
+    """A member that overflows is flagged; nothing warns (so ``-W error`` runs too)."""
+    options = dict(init="identity", nonlinearity="relu") if kind == "irnn" else {}
+    ensemble = (dynamics.RNN if kind == "irnn" else dynamics.LSTM).init(2, 16, ensemble=3,
+                                                                        **options)
+    run = dynamics.train(ensemble, minibatches(adding_problem, seq_len=20, batch=16, seed=1),
+                         steps=40, readout=1, optimizer=SGD([1e-2, 1e8, 1e-3], momentum=0.9))
+    assert run.history.diverged.values.tolist() == [False, True, False]
+
+
 def test_a_diverging_member_stops_and_the_others_go_on():
     ensemble = random_cell("rnn_relu", 2, 6, seed=2, gain=0.5, ensemble=3)
     readout = Readout.init(6, 1, ensemble=3, seed=0)
@@ -340,6 +358,9 @@ def test_a_diverging_member_stops_and_the_others_go_on():
     (lambda: Adam(betas=0.9), "betas must be a pair"),
     (lambda: Adam(eps=0.0), "eps must be"),
     (lambda: Adam(weight_decay=-1.0), "weight_decay must be"),
+    (lambda: Adam(lr="0.1"), "lr must be"),
+    (lambda: Adam(lr=True), "lr must be"),
+    (lambda: SGD(lr=0.1, momentum=0.5, nesterov="no"), "nesterov must be True or False"),
 ])
 def test_invalid_optimiser_settings_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
@@ -351,6 +372,8 @@ def test_invalid_optimiser_settings_are_refused(make, message):
     (dict(loss="hinge"), ValueError, "loss must be one of"),
     (dict(target="first"), ValueError, "target must be one of"),
     (dict(clip=-1.0), ValueError, "clip must be"),
+    (dict(clip=True), ValueError, "clip must be"),
+    (dict(clip="1"), ValueError, "clip must be"),
     (dict(truncation=0), ValueError, "truncation must be"),
     (dict(backend="gpu"), ValueError, "backend must be one of"),
     (dict(optimizer="adam"), TypeError, "optimizer must be"),
@@ -361,6 +384,12 @@ def test_invalid_optimiser_settings_are_refused(make, message):
     (dict(data=adding_problem(6, 3, seed=0)[:1] + (np.zeros((4, 1)),)), ValueError,
      r"targets must have shape \(3, 1\)"),
     (dict(data=(np.zeros((6, 3, 2), np.int64), np.zeros((3, 1)))), TypeError, "x must be a float"),
+    (dict(data=(np.zeros((0, 3, 2)), np.zeros((3, 1)))), ValueError,
+     "x must have at least one step"),
+    (dict(data=(np.zeros((6, 3, 2)), np.zeros((3, 1), complex))), TypeError,
+     "targets must be a float"),
+    (dict(data=(np.zeros((6, 3, 2)), np.zeros((3, 1), bool))), TypeError,
+     "targets must be a float"),
     (dict(data=(np.zeros((22, 3, 2)), copy_task(2, 3, seed=0)[1] + 3), loss="cross_entropy",
           target="every", readout=3),
      ValueError, r"labels must lie in \[0, 3\)"),
@@ -372,6 +401,19 @@ def test_invalid_training_arguments_are_refused(options, error, message):
     arguments = dict(data=adding_problem(6, 3, seed=0), steps=2, readout=1) | options
     with pytest.raises(error, match=message):
         dynamics.train(ensemble, **arguments)
+
+
+def test_an_optimiser_carries_its_state_only_to_the_same_model():
+    data = adding_problem(6, 3, seed=0)
+    optimizer = Adam()
+    ensemble = dynamics.train(dynamics.RNN.init(2, 4, ensemble=2), data, steps=2, readout=1,
+                              optimizer=optimizer)
+    dynamics.train(ensemble.model, data, steps=1, readout=ensemble.readout, optimizer=optimizer)
+    for other in (dynamics.RNN.init(2, 4), dynamics.RNN.init(2, 4, ensemble=2, dtype="float32"),
+                  dynamics.GRU.init(2, 4, ensemble=2)):
+        with pytest.raises(ValueError, match="use a new optimiser"):
+            dynamics.train(other, data, steps=1, readout=1, optimizer=optimizer)
+    assert optimizer.n_steps == 3
 
 
 @pytest.mark.parametrize("call,error,message", [
@@ -390,6 +432,13 @@ def test_invalid_training_arguments_are_refused(options, error, message):
     (lambda: dynamics.grad_norm({"x": np.ones(3)}), ValueError, "no parameter gradients"),
     (lambda: dynamics.grad_norm({"w": np.ones(3)}, norm_type=3), ValueError, "norm_type must be"),
     (lambda: losses.mse(np.zeros((1, 4, 1)), np.zeros((3, 1))), ValueError, r"targets must have shape"),
+    (lambda: dynamics.clip_grad_norm({"w": np.array([3, 4])}, 1.0), TypeError, "w must be a float"),
+    (lambda: dynamics.evaluate(dynamics.RNN.init(2, 4), Readout.init(4, 1), np.zeros((0, 3, 2)),
+                               np.zeros((3, 1))), ValueError, "x must have at least one step"),
+    (lambda: dynamics.backward(dynamics.RNN.init(2, 4), np.zeros((5, 3, 4)), np.zeros((5, 3, 4))),
+     TypeError, "result must be the ForwardResult"),
+    (lambda: dynamics.evaluate(dynamics.RNN.init(2, 4), 1, *adding_problem(6, 3, seed=0)),
+     TypeError, "readout must be a dynamics.Readout"),
 ])
 def test_invalid_task_readout_and_loss_arguments_are_refused(call, error, message):
     with pytest.raises(error, match=message):

@@ -27,11 +27,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
-def chunked_torch(module, x, h0, c0, grad_output, k):
-    """Gradients of sum(grad_output * output) with the state detached every k steps.
+def chunked_torch(module, x, h0, c0, grad_output, k, grad_h_n=None, grad_c_n=None):
+    """Gradients of sum(grad_output * output) [+ sum(grad_h_n * h_n) + sum(grad_c_n * c_n)]
+    with the state detached every k steps.
 
     Parameter gradients accumulate over chunks; dL/dx is per chunk; dL/dh0 (dL/dc0)
-    comes from the first chunk only. Returns (output, h_n, c_n, grads).
+    comes from the first chunk only; the final states' gradients enter the last chunk.
+    Returns (output, h_n, c_n, grads).
     """
     lstm = isinstance(module, torch.nn.LSTM)
     xt = torch.from_numpy(x).requires_grad_(True)
@@ -40,20 +42,26 @@ def chunked_torch(module, x, h0, c0, grad_output, k):
     state = (h0t, c0t) if lstm else h0t
     outputs = []
     for start in range(0, x.shape[0], k):
+        if start:
+            state = tuple(s.detach() for s in state) if lstm else state.detach()
         out, state = module(xt[start:start + k], state)
         outputs.append(out)
-        state = tuple(s.detach() for s in state) if lstm else state.detach()
     output = torch.cat(outputs)
+    h_n, c_n = state if lstm else (state, None)
+    loss = (output * torch.from_numpy(grad_output)).sum()
+    if grad_h_n is not None:
+        loss = loss + (h_n * torch.from_numpy(grad_h_n)).sum()
+    if grad_c_n is not None:
+        loss = loss + (c_n * torch.from_numpy(grad_c_n)).sum()
     module.zero_grad()
-    (output * torch.from_numpy(grad_output)).sum().backward()
+    loss.backward()
     grads = {name: p.grad.numpy().copy() for name, p in module.named_parameters()}
     grads["x"] = xt.grad.numpy()
     grads["h0"] = h0t.grad.numpy()
     if lstm:
         grads["c0"] = c0t.grad.numpy()
-    h_n, c_n = (state if lstm else (state, None))
-    return (output.detach().numpy(), h_n.numpy(), None if c_n is None else c_n.numpy(),
-            grads)
+    return (output.detach().numpy(), h_n.detach().numpy(),
+            None if c_n is None else c_n.detach().numpy(), grads)
 
 
 def assert_close(actual, expected, name):
@@ -73,18 +81,24 @@ def inputs(rng, kind, T, B, D, H, states, width):
 @SETTINGS
 @given(kind=st.sampled_from(KINDS), num_layers=st.integers(1, 2), T=st.integers(1, 20),
        k=st.integers(1, 6), B=st.integers(1, 3), D=st.integers(1, 3), H=st.integers(1, 4),
-       seed=st.integers(0, 2**31 - 1))
-def test_unidirectional_truncation_matches_chunked_torch(kind, num_layers, T, k, B, D, H, seed):
+       seed=st.integers(0, 2**31 - 1), final_state_gradients=st.booleans())
+def test_unidirectional_truncation_matches_chunked_torch(kind, num_layers, T, k, B, D, H, seed,
+                                                         final_state_gradients):
     module = make_module(kind, D, H, num_layers, seed=seed)
     net = dynamics.from_torch(module)
     rng = np.random.default_rng(seed)
     x, h0, c0, grad_output, state = inputs(rng, kind, T, B, D, H, num_layers, H)
-    output, h_n, c_n, expected = chunked_torch(module, x, h0, c0, grad_output, k)
+    finals = {}
+    if final_state_gradients:
+        finals["grad_h_n"] = rng.normal(size=h0.shape)
+        if kind == "lstm":
+            finals["grad_c_n"] = rng.normal(size=c0.shape)
+    output, h_n, c_n, expected = chunked_torch(module, x, h0, c0, grad_output, k, **finals)
     # the forward pass is unaffected by the detaching
     result = dynamics.forward(net, x, h0=state)
     assert_close(result.output, output, "output")
     assert_close(result.h_n, h_n, "h_n")
-    grads = dynamics.bptt(net, x, grad_output, h0=state, truncation=k)
+    grads = dynamics.bptt(net, x, grad_output, h0=state, truncation=k, **finals)
     assert set(grads) == set(expected)
     for name, value in expected.items():
         assert_close(grads[name], value, f"{name} (T={T}, k={k})")
@@ -109,16 +123,21 @@ def test_bidirectional_reverse_half_chunks_from_the_end(kind, T, k):
     rng = np.random.default_rng(T * 100 + k)
     x, h0, c0, grad_output, state = inputs(rng, kind, T, B, D, H, 2, 2 * H)
     flip = lambda a: np.ascontiguousarray(a[::-1])  # noqa: E731
+    finals = {"grad_h_n": rng.normal(size=h0.shape)}
+    if kind == "lstm":
+        finals["grad_c_n"] = rng.normal(size=c0.shape)
+    half_finals = [{name: value[[d]] for name, value in finals.items()} for d in (0, 1)]
 
-    out_f, hn_f, _, g_f = chunked_torch(halves[0], x, h0[:1], c0[:1], grad_output[..., :H], k)
+    out_f, hn_f, _, g_f = chunked_torch(halves[0], x, h0[:1], c0[:1], grad_output[..., :H], k,
+                                        **half_finals[0])
     out_r, hn_r, _, g_r = chunked_torch(halves[1], flip(x), h0[1:], c0[1:],
-                                        flip(grad_output[..., H:]), k)
+                                        flip(grad_output[..., H:]), k, **half_finals[1])
 
     result = dynamics.forward(net, x, h0=state)
     assert_close(result.output, np.concatenate([out_f, flip(out_r)], axis=-1), "output")
     assert_close(result.h_n, np.concatenate([hn_f, hn_r]), "h_n")
 
-    grads = dynamics.bptt(net, x, grad_output, h0=state, truncation=k)
+    grads = dynamics.bptt(net, x, grad_output, h0=state, truncation=k, **finals)
     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
         assert_close(grads[name + "_l0"], g_f[name + "_l0"], name + "_l0")
         assert_close(grads[name + "_l0_reverse"], g_r[name + "_l0"], name + "_l0_reverse")
@@ -127,11 +146,13 @@ def test_bidirectional_reverse_half_chunks_from_the_end(kind, T, k):
     if kind == "lstm":
         assert_close(grads["c0"], np.concatenate([g_f["c0"], g_r["c0"]]), "c0")
 
-    # the reverse half alone: with no gradient on the forward half's outputs, the
-    # forward half's gradients vanish and dL/dx is the reverse half's alone
+    # the reverse half alone: with no gradient on the forward half's outputs and final
+    # states, the forward half's gradients vanish and dL/dx is the reverse half's alone
     only_reverse = grad_output.copy()
     only_reverse[..., :H] = 0.0
-    grads = dynamics.bptt(net, x, only_reverse, h0=state, truncation=k)
+    for value in finals.values():
+        value[0] = 0.0
+    grads = dynamics.bptt(net, x, only_reverse, h0=state, truncation=k, **finals)
     assert_close(grads["x"], flip(g_r["x"]), "x (reverse half only)")
     assert not np.any(grads["weight_hh_l0"])
     assert_close(grads["weight_hh_l0_reverse"], g_r["weight_hh_l0"], "weight_hh_l0_reverse")
