@@ -36,9 +36,10 @@ at most c = 1 after every step (``dynamics.clip_grad_norm`` applied per step).
 Clipping bounds an exploding curve by c but leaves a vanishing one as it was: a
 rescaling that only shrinks cannot lift a gradient that the Jacobians have shrunk.
 For orthogonal W the spectral radius equals the spectral norm, so norm > 1 explodes in
-the linear network; a Gaussian W has a spectral radius of only about half its norm,
-and even ||W||_2 = 1.5 vanishes after a transient. Last, LSTM (forget-gate bias 0 and
-1; state (h, c)) and GRU with Gaussian gain-1 W_hh, on the same input.
+the linear network; a large Gaussian W has a spectral radius of only about half its
+norm, so even ||W||_2 = 1.5 vanishes after a transient (at small N, as ``--quick``'s
+16 units, rho(W) scatters around that: the table prints it). Last, LSTM (forget-gate
+bias 0 and 1; state (h, c)) and GRU with Gaussian gain-1 W_hh, on the same input.
 """
 import json
 import time

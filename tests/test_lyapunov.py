@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import analysis
 import dynamics
 from analysis import meanfield
+from analysis._common import state_size
 from dynamics.layer import member_major_parameters
 from kernels.cells import CELL_CODES, saved_width
 from kernels.tangents import spectrum_walk, tangent_walk
@@ -284,6 +285,51 @@ def test_ensemble_equals_members_and_float32_is_close():
         alone = analysis.lyapunov_spectrum(cell.member(e), x, burn_in=50, interval=3, seed=ss)
         np.testing.assert_array_equal(together.lyapunov_exponents.values[e],
                                       alone.lyapunov_exponents.values)
+
+
+@examples(15)
+@given(kind=kinds, H=st.integers(1, 4), T=st.integers(1, 15), seed=seeds,
+       gain=st.floats(0.3, 2.0), ensemble=st.sampled_from([None, 2]))
+def test_log_singular_values_are_those_of_the_explicit_product(kind, H, T, seed, gain,
+                                                               ensemble):
+    """Against LAPACK's SVD of the product of the explicit Jacobians, for the values it
+    holds to 1e-8 (those above 1e-8 times the largest), and against the product taken
+    in 60-digit mpmath for all of them (a dead ReLU unit's exact 0 comes out at rounding
+    size: below 1e-13 times the largest)."""
+    cell = random_cell(kind, 2, H, seed=seed, gain=gain, ensemble=ensemble)
+    x = np.random.default_rng(seed).normal(size=(T, 2, 2))
+    got = analysis.log_singular_values(cell, x).values.reshape(-1, state_size(cell))
+    jac = analysis.state_jacobians(cell, x).values
+    products = [np.linalg.multi_dot([np.eye(jac.shape[-1])] + list(chain[::-1]))
+                for chain in np.moveaxis(jac, 0, -3).reshape(-1, T, *jac.shape[-2:])]
+    for logs, product in zip(got, products):
+        with np.errstate(divide="ignore"):
+            want = np.log(np.linalg.svd(product, compute_uv=False))
+        held = want > want[0] + np.log(1e-8)
+        np.testing.assert_allclose(logs[held], want[held], rtol=1e-9, atol=1e-9)
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(60):
+        product = mpmath.eye(jac.shape[-1])
+        for step in jac[(slice(None),) + (0,) * (jac.ndim - 3)]:  # the first sequence
+            product = mpmath.matrix(step.tolist()) * product
+        exact = mpmath.svd_r(product, compute_uv=False)
+        want = np.array(sorted((float(mpmath.log(s)) if s > 0 else -np.inf for s in exact),
+                               reverse=True))
+    zero = want == -np.inf
+    np.testing.assert_allclose(got[0][~zero], want[~zero], rtol=1e-9, atol=1e-8)
+    assert np.all(got[0][zero] <= want[0] + np.log(1e-13))
+
+
+def test_log_singular_values_of_a_long_normal_product_are_exact():
+    """x -> A x with A normal: the singular values of A^T are |eig(A)|^T, here up to
+    e^-20,000 apart (a 10,000-step product)."""
+    N, T = 6, 10_000
+    first_row = np.random.default_rng(5).uniform(0.0, 1.0 / N, N)
+    A = np.stack([np.roll(first_row, i) for i in range(N)])
+    logs = analysis.log_singular_values(relu_linear_network(A), np.zeros((T, 1, 1)),
+                                        h0=positive_start(N)).values[0]
+    want = np.sort(T * np.log(np.abs(np.linalg.eigvals(A))))[::-1]
+    np.testing.assert_allclose(logs, want, rtol=1e-10)
 
 
 def test_log_singular_values_of_10000_step_products_are_finite():
