@@ -72,8 +72,8 @@ def measure(fn, repeats=5, warmup=1, min_seconds=0.0, max_seconds=None, min_repe
     have taken ``min_seconds`` in total, so that short calls get enough samples to ride
     out noise. ``max_seconds`` bounds slow cases: timing stops once the calls have taken
     that long and ``min(min_repeats, repeats)`` were made, or as soon as one call alone
-    took that long; such a call needs no warm-up either (a warm-up call that long is
-    kept as the one sample). The garbage collector is off meanwhile, as in ``timeit``.
+    took that long (then the one sample, a warm one: warm-up calls are never kept, as a
+    first call may run cold). The garbage collector is off meanwhile, as in ``timeit``.
     """
     return measure_interleaved({"fn": fn}, repeats, warmup, min_seconds, max_seconds,
                                min_repeats, max_repeats, pause=0.0)["fn"]
@@ -123,13 +123,10 @@ def measure_interleaved(functions, repeats=5, warmup=1, min_seconds=0.0, max_sec
     enabled = gc.isenabled()
     gc.disable()
     try:
-        for name in list(order):
+        for name in order:  # warm-ups are never kept: a first call may be cold
             for _ in range(warmup):
-                elapsed = timed(functions[name])
-                if slow(elapsed):  # kept as the one sample
-                    times[name] = [elapsed]
-                    order.remove(name)
-                    break
+                time.sleep(pause)
+                timed(functions[name])
         while order:
             rng.shuffle(order)
             for name in list(order):
@@ -182,18 +179,23 @@ def matvec_flops(rows, cols):
     return matmul_flops(rows, cols, 1)
 
 
-def rnn_flops(steps, batch, input_size, hidden_size, gates, ensemble=1, backward=False):
+def rnn_flops(steps, batch, input_size, hidden_size, gates, ensemble=1, backward=False,
+              input_gradient=True):
     """Matrix-product FLOPs of a recurrent layer over a sequence.
 
     Per step and sequence, a forward pass does the input projection W_ih x
     (G*H x D) and the recurrent product W_hh h (G*H x H); element-wise work is not
     counted. The backward pass is counted as twice the forward (the products with W^T
-    for dL/dh and dL/dx, and the outer products for dL/dW), so forward + backward = 3x.
+    for dL/dh and dL/dx, and the outer products for dL/dW), so forward + backward = 3x;
+    without ``input_gradient`` the product for dL/dx is left out.
     """
     rows = gates * hidden_size
     per_step = matvec_flops(rows, input_size) + matvec_flops(rows, hidden_size)
     forward = steps * batch * ensemble * per_step
-    return 3 * forward if backward else forward
+    if not backward:
+        return forward
+    skipped = 0 if input_gradient else steps * batch * ensemble * matvec_flops(rows, input_size)
+    return 3 * forward - skipped
 
 
 def gflops(flops, seconds):

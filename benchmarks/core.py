@@ -292,6 +292,10 @@ class TorchModule:
         self.x = torch.from_numpy(p.x)
         self.x_leaf = self.x.clone().requires_grad_(True)
         self.g = torch.from_numpy(p.grad_output)
+        # zero initial states whose gradients torch must compute too, as ours does
+        zeros = torch.zeros((1, p.B, p.H), dtype=self.x.dtype)
+        self.states = {name: zeros.clone().requires_grad_(True)
+                       for name in (("h0", "c0") if p.kind == "lstm" else ("h0",))}
 
     def forward(self):
         with torch.no_grad():
@@ -299,10 +303,13 @@ class TorchModule:
 
     def bptt(self):
         self.module.zero_grad(set_to_none=True)
-        self.x_leaf.grad = None
-        self.module(self.x_leaf)[0].backward(self.g)
+        for leaf in (self.x_leaf, *self.states.values()):
+            leaf.grad = None
+        states = tuple(self.states.values())
+        self.module(self.x_leaf, states if len(states) == 2 else states[0])[0].backward(self.g)
         grads = {k.removesuffix("_l0"): v.grad for k, v in self.module.named_parameters()}
         grads["x"] = self.x_leaf.grad
+        grads.update({name: leaf.grad for name, leaf in self.states.items()})
         return grads
 
 
@@ -370,7 +377,7 @@ def verify(impls):
     grads = ours.bptt()
     for peer in peers:
         peer_grads = peer.bptt()
-        for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "x"):
+        for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "x", "h0"):
             if key not in peer_grads:
                 raise AssertionError(f"{peer.name} computes no gradient for {key}")
         for key, value in peer_grads.items():

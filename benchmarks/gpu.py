@@ -13,8 +13,10 @@ of the ceilings measured at the start of the run):
 ensemble  E independent tanh RNNs of N units (own W_ih, W_hh, biases; Gaussian gain 1),
           T = 1,000 steps, B = 1, all driven by one white-noise input (D = N): forward,
           and forward + BPTT of L = sum(g * output). Ours: ``dynamics.gpu.layer_forward``
-          / ``layer_backward`` on device-resident arrays (the walk kernels: one block per
-          network, W_hh in shared memory where it fits), as torch's tensors are resident.
+          / ``layer_backward`` on device-resident inputs (the walk kernels: one block per
+          network, W_hh in shared memory where it fits); the parameters are copied to the
+          device in every call, as ``dynamics.forward(..., backend="cuda")`` does (torch's
+          stay resident: that copy counts against us).
           torch: the input projection as one batched product, then per step one
           ``baddbmm`` + ``tanh`` on (E, N, 1), backward by autograd; sizes whose tape
           does not fit in memory are skipped (the row says so).
@@ -185,7 +187,7 @@ def ensemble_bytes(E, N, T, itemsize, backward):
     tape = T * E * N * itemsize
     if not backward:
         return parameters + inputs + tape
-    return parameters * 2 + inputs * 2 + tape * 3 + T * E * N * itemsize  # + grad_output read
+    return parameters * 2 + inputs * 2 + tape * 2 + T * E * N * itemsize  # + grad_output read
 
 
 def section_ensemble(torch, device, config, bandwidth, gemm):

@@ -19,7 +19,7 @@ float32 (what torch users train in) and float64.
   over (E, B, .) per step, autograd, the clipping per network, one Adam over the stacks.
 
 A step's FLOPs count matrix products only (``common.rnn_flops`` with backward: 3x the
-forward); GFLOP/s are compared with numpy's GEMM rate measured at the start of the run.
+forward, less dL/dx, which training needs from neither side); GFLOP/s are compared with numpy's GEMM rate measured at the start of the run.
 """
 import functools
 
@@ -143,7 +143,8 @@ def main(argv=None):
         batches = [adding_problem(T, B, seed=s, dtype=dtype) for s in range(4)]
         for cell, (kind, gates) in CELLS.items():
             for E in sizes["ensembles"]:
-                flops = common.rnn_flops(T, B, 2, H, gates, ensemble=E, backward=True)
+                flops = common.rnn_flops(T, B, 2, H, gates, ensemble=E, backward=True,
+                                         input_gradient=False)
                 net = model(cell, H, E if E > 1 else None, dtype)
                 runs = {"ours": lambda: ours(net, batches, steps)}
                 if torch is not None:

@@ -7,19 +7,24 @@ The four step functions are public and callable from your own ``@njit`` code::
     lstm_step(x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out)
     gru_step(x, h, weight_ih, weight_hh, bias_ih, bias_hh, h_out)
 
-and so are the linearised step (``kernels.jacobians``)::
+and so is the linearised step (``kernels.jacobians``), with ``cell`` a code of
+``CELL_CODES`` and ``lin`` a (``LIN_ROWS``, H) array::
 
-    cell_linearisation(cell, saved, h_prev, c_prev, h, c, lin)   # derivatives of one step
+    step_linearisation(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, lin)
     state_jacobian(lin, w_hh, jac)                              # J = d s_t / d s_(t-1)
     state_jvp(lin, w_hh, qh, qc, qh_out, qc_out)                # J q
     state_vjp(lin, w_hh, lh, lc, lh_out, lc_out)                # l J
+
+(``cell_linearisation`` does the same from a row that ``dynamics.forward`` saved:
+``result.tapes[0].p``.)
 
 Two products that any ``@njit`` code can use too keep their partial sums in vector
 registers (``kernels.registers``) and add in a fixed order, each term one fused
 multiply-add where the CPU has it: the bits of a plain loop of
 ``kernels.registers.multiply_add``.
 Like the step functions they trust their arguments: one float dtype, ``rows`` (k, m),
-``coefficients`` (k,), ``out`` (m,); ``a`` (n, k), ``b`` (k, m), ``out`` (n, m)::
+``coefficients`` (k,), ``out`` (m,); ``a`` (n, k), ``b`` (k, m), ``out`` (n, m); ``out``
+must not overlap any input (``h += h @ w`` in place reads values already updated)::
 
     kernels.cells.accumulate_rows(rows, coefficients, out)   # out += coefficients @ rows
     kernels.cells.add_product(a, b, out)                     # out += a @ b
@@ -41,8 +46,10 @@ only ``backend="cuda"`` loads them (``kernels.cuda_api`` holds the one CUDA impo
 
 Kernels trust their arguments; ``dynamics`` and ``analysis`` validate before calling them.
 """
-from kernels.cells import cell_linearisation, gru_step, lstm_step, rnn_relu_step, rnn_tanh_step
+from kernels.cells import (CELL_CODES, LIN_ROWS, cell_linearisation, gru_step, lstm_step,
+                           rnn_relu_step, rnn_tanh_step, step_linearisation)
 from kernels.jacobians import state_jacobian, state_jvp, state_vjp
 
-__all__ = ["rnn_tanh_step", "rnn_relu_step", "lstm_step", "gru_step", "cell_linearisation",
-           "state_jacobian", "state_jvp", "state_vjp"]
+__all__ = ["rnn_tanh_step", "rnn_relu_step", "lstm_step", "gru_step", "step_linearisation",
+           "cell_linearisation", "CELL_CODES", "LIN_ROWS", "state_jacobian", "state_jvp",
+           "state_vjp"]

@@ -127,7 +127,8 @@ def accumulate_blocked_rows(blocks, coefficients, out, descending):
 
 @jit(inline=True)
 def accumulate_rows(rows, coefficients, out):
-    """out += sum_j coefficients[j] * rows[j, :], summed in the order j = 0, 1, ...
+    """out += sum_j coefficients[j] * rows[j, :], summed in the order j = 0, 1, ...;
+    ``out`` must not overlap ``rows`` or ``coefficients``.
 
     Blocks of columns keep their sums in vector registers over all rows
     (``kernels.registers``), the widest blocks first; when the length is not a multiple
@@ -280,7 +281,7 @@ def add_packed_product(a, b, out):
     """out += a @ b with every out[i, j] summed over k in order: the bits of
     ``accumulate_rows(b, a[i], out[i])``. ``b`` is packed (``pack_panels(b,
     panel_width(out))``), or as it is when its rows are contiguous and close together;
-    ``a`` is (n, k), of any strides.
+    ``a`` is (n, k), of any strides. ``out`` must not overlap ``a`` or ``b``.
 
     Four rows of ``out`` at a time share each loaded row of a panel
     (``kernels.registers.accumulate_panel``), and the last panel when it is partial a
@@ -348,7 +349,8 @@ def add_product(a, b, out):
     ``accumulate_rows(b, a[i], out[i])`` for each row i), in register panels
     (``add_packed_product``). ``b`` is read in place when its rows are contiguous and
     less than a page apart, else packed (``pack_panels``) a part of the sum at a time.
-    Pack once yourself when the same ``b`` serves many products.
+    Pack once yourself when the same ``b`` serves many products. ``out`` must not
+    overlap ``a`` or ``b``.
 
     >>> import numpy as np
     >>> a, b, out = np.ones((5, 3)), np.arange(6.0).reshape(3, 2), np.zeros((5, 2))
@@ -604,12 +606,37 @@ def cell_linearisation(cell, saved, h_prev, c_prev, h, c, lin):
 
 @jit
 def _step(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out):
+    """One step (h, c) -> (h_out, c_out); returns the row it saved (``cell_forward``)."""
     n_rows = weight_hh.shape[0]
     p = np.empty(saved_width(cell, h.shape[0]), h.dtype)
     ph = np.empty(n_rows, h.dtype)
     input_matvec(weight_ih, x, bias_ih, p)
     input_matvec(weight_hh, h, bias_hh, ph)
     cell_forward(cell, p, ph, h, c, h_out, c_out)
+    return p
+
+
+@jit
+def step_linearisation(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, lin):
+    """Fill ``lin`` (LIN_ROWS, H) with the linearisation of one step of ``cell`` (a code
+    of ``CELL_CODES``) taken from the state (h, c) with input x: what
+    ``kernels.state_jvp``, ``state_vjp`` and ``state_jacobian`` need. Arguments as for
+    the step functions; ``c`` of length 0 unless the cell is an LSTM.
+
+    >>> import numpy as np, kernels
+    >>> H = 3
+    >>> w_ih, w_hh, b = np.full((H, 1), 0.5), np.eye(H), np.zeros(H)
+    >>> h, x, lin = np.array([0.1, 0.2, 0.3]), np.ones(1), np.empty((kernels.LIN_ROWS, H))
+    >>> kernels.step_linearisation(kernels.CELL_CODES["rnn_tanh"], x, h, h[:0], w_ih, w_hh,
+    ...                            b, b, lin)
+    >>> jac = np.empty((H, H))
+    >>> kernels.state_jacobian(lin, w_hh, jac)
+    >>> bool(np.allclose(jac, np.diag(1 - np.tanh(0.5 + h) ** 2)))
+    True
+    """
+    h_new, c_new = np.empty_like(h), np.empty_like(c)
+    saved = _step(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_new, c_new)
+    cell_linearisation(cell, saved, h, c, h_new, c_new, lin)
 
 
 _STEP_DOC = """One step of a {name} cell for one sequence, callable from your own ``@njit`` code.

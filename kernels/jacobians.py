@@ -101,24 +101,22 @@ def adjoint_direct(lin, lh, lc, through_w, lh_out, lc_out):
 
 @jit
 def state_jvp(lin, w_hh, qh, qc, qh_out, qc_out):
-    """(qh_out, qc_out) = J (qh, qc) for one tangent vector (1-D arrays; qc, qc_out of
-    length 0 unless LSTM). Outputs must not alias inputs."""
-    a = np.dot(w_hh, qh)
-    n, n_c = qh.shape[0], qc.shape[0]
-    tangent_combine(lin, a.reshape((a.shape[0], 1)), qh.reshape((n, 1)), qc.reshape((n_c, 1)),
-                    qh_out.reshape((n, 1)), qc_out.reshape((n_c, 1)))
+    """(qh_out, qc_out) = J (qh, qc) for one tangent vector (1-D arrays, strided ones
+    too, such as a column ``q[:, j]``; qc, qc_out of length 0 unless LSTM). Outputs must
+    not alias inputs."""
+    a = np.dot(w_hh, np.ascontiguousarray(qh))
+    tangent_combine(lin, a[:, None], qh[:, None], qc[:, None], qh_out[:, None],
+                    qc_out[:, None])
 
 
 @jit
 def state_vjp(lin, w_hh, lh, lc, lh_out, lc_out):
     """(lh_out, lc_out) = (lh, lc) J for one adjoint vector (the state part of one BPTT
-    step). 1-D arrays; outputs must not alias inputs."""
-    n, n_c = lh.shape[0], lc.shape[0]
+    step). 1-D arrays, strided ones too; outputs must not alias inputs."""
     gates = np.empty((1, w_hh.shape[0]), lh.dtype)
-    adjoint_gates(lin, lh.reshape((1, n)), lc.reshape((1, n_c)), gates)
+    adjoint_gates(lin, lh[None, :], lc[None, :], gates)
     through_w = np.dot(gates, w_hh)
-    adjoint_direct(lin, lh.reshape((1, n)), lc.reshape((1, n_c)), through_w,
-                   lh_out.reshape((1, n)), lc_out.reshape((1, n_c)))
+    adjoint_direct(lin, lh[None, :], lc[None, :], through_w, lh_out[None, :], lc_out[None, :])
 
 
 @jit

@@ -349,6 +349,50 @@ def test_step_kernels_in_user_njit_code(kind, parallel, data):
         assert naive.relative_error(cs[-1], expected.c_n[0], tiny=1.0) <= rtol
 
 
+LSTM_CODE, GRU_CODE = kernels.CELL_CODES["lstm"], kernels.CELL_CODES["gru"]
+
+
+@numba.njit
+def _user_tangent_walk(cell, xs, h, c, w_ih, w_hh, b_ih, b_hh, q):
+    """A user's own tangent propagation: linearise each step, q <- J q, then step."""
+    lin = np.empty((kernels.LIN_ROWS, h.shape[0]), h.dtype)
+    q_out = np.empty_like(q)
+    n = h.shape[0]
+    for t in range(xs.shape[0]):
+        kernels.step_linearisation(cell, xs[t], h, c, w_ih, w_hh, b_ih, b_hh, lin)
+        kernels.state_jvp(lin, w_hh, q[:n], q[n:], q_out[:n], q_out[n:])
+        q[:] = q_out
+        if cell == LSTM_CODE:
+            kernels.lstm_step(xs[t], h, c, w_ih, w_hh, b_ih, b_hh, h, c)
+        elif cell == GRU_CODE:
+            kernels.gru_step(xs[t], h, w_ih, w_hh, b_ih, b_hh, h)
+        else:
+            kernels.rnn_tanh_step(xs[t], h, w_ih, w_hh, b_ih, b_hh, h)
+
+
+@examples(10)
+@given(kind=st.sampled_from(("rnn_tanh", "lstm", "gru")), H=st.integers(1, 5), seed=seeds,
+       dtype=st.sampled_from(DTYPES))
+def test_linearised_steps_in_user_njit_code(kind, H, seed, dtype):
+    """kernels.step_linearisation + state_jvp along a trajectory give the product of
+    analysis.state_jacobians applied to q."""
+    import analysis
+
+    cell = random_cell(kind, 2, H, seed=seed, gain=1.5, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(6, 1, 2)).astype(dtype)
+    S = 2 * H if kind == "lstm" else H
+    q = rng.normal(size=S).astype(dtype)
+    want = q.astype(np.float64)
+    for jac in analysis.state_jacobians(cell, x).values[:, 0]:
+        want = jac @ want
+    h, c = np.zeros(H, dtype), np.zeros(H if kind == "lstm" else 0, dtype)
+    _user_tangent_walk(kernels.CELL_CODES[kind], x[:, 0], h, c, cell.weight_ih,
+                       cell.weight_hh, cell.bias_ih, cell.bias_hh, q)
+    np.testing.assert_allclose(q, want, rtol=RTOL[np.dtype(dtype)] * 100,
+                               atol=RTOL[np.dtype(dtype)] * 100 * np.abs(want).max())
+
+
 @examples(15)
 @given(kind=st.sampled_from(KINDS), D=st.integers(1, 5), H=st.integers(1, 6), seed=seeds,
        dtype=st.sampled_from(DTYPES), gain=st.floats(0.1, 3.0))

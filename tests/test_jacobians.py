@@ -87,6 +87,13 @@ def test_jvp_vjp_and_jacobian_kernels_agree(case, dtype):
     q_out, l_out = np.empty(S, dtype), np.empty(S, dtype)
     kernels.state_jvp(lin, w_hh, q[:H], q[H:], q_out[:H], q_out[H:])
     kernels.state_vjp(lin, w_hh, l[:H], l[H:], l_out[:H], l_out[H:])
+    # strided vectors (columns of a block) give the same bits
+    columns, columns_out = np.stack([q, l], axis=1), np.empty((S, 2), dtype)
+    kernels.state_jvp(lin, w_hh, columns[:H, 0], columns[H:, 0], columns_out[:H, 0],
+                      columns_out[H:, 0])
+    kernels.state_vjp(lin, w_hh, columns[:H, 1], columns[H:, 1], columns_out[:H, 1],
+                      columns_out[H:, 1])
+    np.testing.assert_array_equal(columns_out, np.stack([q_out, l_out], axis=1))
     tol = 1e-5 if dtype == np.float32 else 1e-12
     scale = np.abs(jac).sum() + 1.0
     np.testing.assert_allclose(q_out, jac.astype(np.float64) @ q, atol=tol * scale)
