@@ -114,6 +114,18 @@ class Problem:
                  "grads": params + self.x.size + states * (2 if self.kind == "lstm" else 1)}
         return {k: v * size for k, v in parts.items()}
 
+    def traffic(self, backward):
+        """Bytes ours must move at the least, each array once: the forward pass reads the
+        parameters, x and h0 and writes the tape (SAVED_PER_UNIT); the backward pass reads
+        the tape and grad_output and writes the gradients."""
+        parts = self.footprint()
+        size = self.x.dtype.itemsize
+        forward = parts["params"] + (self.x.size + (0 if self.h0 is None else self.h0.size)) * size
+        forward += parts["saved"]
+        if not backward:
+            return forward
+        return forward + parts["saved"] + self.grad_output.nbytes + parts["grads"]
+
     def resident(self):
         """Bytes of the arrays that exist before the call (parameters, x, grad_output, h0)."""
         arrays = list(self.cell.parameters().values()) + [self.x, self.grad_output]
@@ -405,14 +417,15 @@ def run_case(problem, classes, config, check=None):
     return dict(problem=problem, timings=timings, peak=peak, names=[i.name for i in impls])
 
 
-def timing_table(title, cases, gemm, config):
-    """Median times, ratios peer/ours (> 1: ours faster), GFLOP/s and % of the GEMM rate."""
+def timing_table(title, cases, gemm, bandwidth, config):
+    """Median times, ratios peer/ours (> 1: ours faster), GFLOP/s and % of the GEMM rate,
+    and ours' GB/s (``Problem.traffic``) and % of the copy bandwidth."""
     names = cases[0]["names"]
     peers = names[1:]
     label_keys = [k for k in cases[0]["problem"].labels if k not in ("B", "E")]
     headers = (label_keys + ["pass"] + [f"{n} ms" for n in names] + [f"{n}/ours" for n in peers]
                + (["best/ours"] if len(peers) > 1 else []) + [f"{n} GF/s" for n in names]
-               + [f"{n} %G" for n in names])
+               + [f"{n} %G" for n in names] + ["ours GB/s", "ours %bw"])
     rows = []
     for case in cases:
         problem = case["problem"]
@@ -424,7 +437,9 @@ def timing_table(title, cases, gemm, config):
                         + [1e3 * t[n] for n in names] + ratios
                         + ([min(t[n] for n in peers) / t["ours"]] if len(peers) > 1 else [])
                         + [rate[n] for n in names]
-                        + [100 * rate[n] / gemm[problem.dtype] for n in names])
+                        + [100 * rate[n] / gemm[problem.dtype] for n in names]
+                        + [problem.traffic(mode == "bptt") / t["ours"] / 1e9,
+                           100 * problem.traffic(mode == "bptt") / t["ours"] / 1e9 / bandwidth])
     common.print_table(headers, rows, title)
     counts = sorted(t.n for case in cases for t in case["timings"].values())
     print(f"calls timed per measurement: {counts[0]} to {counts[-1]} (median "
@@ -568,15 +583,17 @@ def main(argv=None):
     bandwidth = common.copy_bandwidth(config["copy_bytes"])
     rates = ", ".join(f"{d} {r:.1f} GFLOP/s" for d, r in gemm.items())
     print(f"numpy GEMM rate ({config['gemm_n']}^2, best of >= 3): {rates}; "
-          f"copy bandwidth (1 thread, read + write): {bandwidth:.1f} GB/s")
+          f"copy bandwidth ({numba.get_num_threads()} threads, read + write): "
+          f"{bandwidth:.1f} GB/s")
     print(f"timing: the implementations take turns in rounds of random order "
           f"(common.measure_interleaved);\nmedian of {config['repeats']} calls after a warm-up, "
           f"more while they take "
           f"under {config['min_seconds']} s in all, fewer (at least 3) past "
-          f"{config['max_seconds']} s in all,\none (no warm-up) where a single call takes "
+          f"{config['max_seconds']} s in all,\none warm call where a single call takes "
           f"{config['max_seconds']} s or more;"
           f"\nratios are peer time / ours (> 1: ours faster); %G is GFLOP/s as a percentage of "
-          f"the GEMM rate of that dtype\n", flush=True)
+          f"the GEMM rate of that dtype;\nours GB/s: the bytes ours must move at the least "
+          f"(Problem.traffic) per second, %bw of the copy bandwidth\n", flush=True)
 
     results = {"machine": common.machine_info(), "gemm_gflops": gemm, "copy_gbs": bandwidth,
                "config": config, "sections": {}}
@@ -588,7 +605,8 @@ def main(argv=None):
             continue
         print(f"section {section}: {title}", file=sys.stderr, flush=True)
         cases = run(config, dtypes)
-        timing_table(f"({section}) {title}: forward and forward+BPTT", cases, gemm, config)
+        timing_table(f"({section}) {title}: forward and forward+BPTT", cases, gemm, bandwidth,
+                     config)
         memory_table(f"({section}) {title}: ours' forward+BPTT memory (tracemalloc peak of the "
                      f"call + the parameters and inputs that exist before it) vs theory", cases)
         results["sections"][section] = [
