@@ -26,7 +26,8 @@ import numpy as np
 import xarray as xr
 
 from analysis._common import attrs, drop_member, item_dims, provenance, single_cell, state_size
-from analysis.jacobians import diverged_flag, input_size, tape_arguments, trajectory
+from analysis.jacobians import (steps_and_batch, tape_arguments, trajectory,
+                                trajectory_diverged)
 from dynamics.layer import single_threaded_blas
 from dynamics.propagation import engine
 from dynamics.validation import check_float_array, check_positive_int
@@ -125,7 +126,7 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
                          "(the spectral and Frobenius norms of the products need backend='cpu')")
     run = engine(backend)
     cell = single_cell(model)
-    T, B = input_size(cell, x, drive)
+    T, B = steps_and_batch(cell, x, drive)
     if T == 0:
         raise ValueError("x must have at least one step to measure gradients against lag")
     max_lag = T if max_lag is None else check_positive_int("max_lag", max_lag, minimum=0)
@@ -158,8 +159,8 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
     in_fit = (lags >= first) & (lags <= last)
     rate = fit_log_slope(np.where(in_fit, logs, np.nan), lags)
     drop = e_folding_lag(logs, lags)
-    diverged = diverged_flag(tape, cell, run.to_host)[1] | drop_member(np.isnan(logs[2]).any(-1),
-                                                                        cell)
+    diverged = drop_member(trajectory_diverged(tape, run.to_host) | np.isnan(logs[2]).any(-1),
+                           cell)
     norm_dims = ("norm",) + item_dims(cell)
     member = functools.partial(drop_member, cell=cell, axis=1)  # logs are (norm, E, B, ...)
     config = {"steps": T, "max_lag": max_lag, "spectral": spectral, "products": products,

@@ -29,7 +29,7 @@ from kernels.sequence import sequence_forward_gemm
 from kernels.tangents import column_blocks, tangent_chain, trajectory_jacobians
 
 
-def input_size(model, x, drive=None):
+def steps_and_batch(model, x, drive=None):
     """(T, B) of the input ``x`` (or ``drive``), checked before anything runs."""
     cell = single_cell(model)
     if drive is not None:
@@ -49,7 +49,7 @@ def trajectory(model, x, h0=None, dtype=np.float64, drive=None, backend="cpu"):
     return (cell, tape of the saved steps, on ``backend``'s arrays)."""
     cell = single_cell(model)
     dtype = analysis_dtype(dtype)
-    input_size(cell, x, drive)
+    steps_and_batch(cell, x, drive)
     if drive is None:
         x = check_float_array("x", x).astype(dtype, copy=False)
         return cell, dynamics.forward(cell.astype(dtype), x, h0, backend).tapes[0]
@@ -103,12 +103,16 @@ def tape_arguments(tape):
     return tape.cell.code, tape.p, tape.weight_hh, tape.h0, tape.c0, tape.hs, tape.cs
 
 
-def diverged_flag(tape, cell, to_host=np.asarray):
-    """The coordinate ``diverged`` (``[member,] batch``): true where the trajectory
-    stopped being finite (its h, or its c for an LSTM)."""
+def trajectory_diverged(tape, to_host=np.asarray):
+    """(E, B): true where the trajectory stopped being finite (h, or c for an LSTM)."""
     finite = [np.isfinite(to_host(states)).all(axis=(1, 3)) for states in (tape.hs, tape.cs)]
-    return item_dims(cell), drop_member(~(finite[0] & finite[1]), cell), attrs(
-        "trajectory stopped being finite", "1")
+    return ~(finite[0] & finite[1])
+
+
+def diverged_coordinate(cell, diverged, what="trajectory"):
+    """The coordinate ``diverged`` (``[member,] batch``) from (E, B) flags."""
+    return item_dims(cell), drop_member(diverged, cell), attrs(f"{what} stopped being finite",
+                                                               "1")
 
 
 def state_labels(cell, *dims):
@@ -151,7 +155,8 @@ def state_jacobians(model, x, h0=None, dtype=np.float64):
     return xr.DataArray(
         jac, dims=("time",) + item_dims(cell) + ("row", "column"),
         coords={"time": ("time", np.arange(T), attrs("step t of the trajectory", "steps")),
-                **state_labels(cell, "row", "column"), "diverged": diverged_flag(tape, cell)},
+                **state_labels(cell, "row", "column"),
+                "diverged": diverged_coordinate(cell, trajectory_diverged(tape))},
         name="state_jacobian",
         attrs={**attrs("state Jacobian d s_t / d s_(t-1)", "1"),
                **provenance("state_jacobians", {"steps": T, "batch": B}, jac.dtype)})
@@ -165,7 +170,7 @@ def jacobian_product(model, x, t, k, h0=None, dtype=np.float64):
     ``log_singular_values``. Returns ``([member,] batch, row, column)``, with the
     coordinate ``diverged`` as ``state_jacobians``.
     """
-    T, _ = input_size(model, x)
+    T, _ = steps_and_batch(model, x)
     t = dynamics.validation.check_positive_int("t", t, minimum=0)
     k = dynamics.validation.check_positive_int("k", k, minimum=-1)
     if not k <= t < T:
@@ -178,7 +183,8 @@ def jacobian_product(model, x, t, k, h0=None, dtype=np.float64):
         tangent_chain(*tape_arguments(tape), k, t, q, column_blocks(S, E * B, q.dtype))
     return xr.DataArray(
         drop_member(q, cell), dims=item_dims(cell) + ("row", "column"),
-        coords={**state_labels(cell, "row", "column"), "diverged": diverged_flag(tape, cell)},
+        coords={**state_labels(cell, "row", "column"),
+                "diverged": diverged_coordinate(cell, trajectory_diverged(tape))},
         name="jacobian_product",
         attrs={**attrs(f"Jacobian product d s_{t} / d s_{k}", "1"),
                **provenance("jacobian_product", {"t": t, "k": k, "steps": T}, q.dtype)})

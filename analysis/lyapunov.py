@@ -8,7 +8,7 @@ the full spectrum (k = S) with ``interval`` > 1, each interval's Jacobians are f
 multiplied together and then applied, q <- QR(J_t1 ... J_t0 q), which lets the product
 of one interval run beside the QR of the one before (``kernels.tangents.spectrum_walk``);
 the exponents are the same up to rounding, the trajectory the same bit for bit.
-``log_singular_values`` keeps every interval's whole R as well, in row-scaled log form
+``log_singular_values`` keeps every step's whole R as well, in scaled log form
 (``analysis.graded``), for the singular values of the product itself.
 
 >>> import numpy as np, dynamics, analysis
@@ -27,9 +27,9 @@ import xarray as xr
 from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, provenance,
                               single_cell, state_size)
 from analysis.gradients import adjoint_log_norms, default_loss_gradient, fit_log_slope
-from analysis.graded import graded_log_singular_values, scaled_product
-from analysis.jacobians import (check_drive, diverged_flag, input_size, tape_arguments,
-                                trajectory)
+from analysis.graded import graded_log_singular_values, pivoted_qr_step
+from analysis.jacobians import (check_drive, diverged_coordinate, steps_and_batch,
+                                tape_arguments, trajectory, trajectory_diverged)
 from dynamics.init import children
 from dynamics.layer import LayerTape, member_major_parameters, single_threaded_blas
 from dynamics.network import as_network
@@ -72,39 +72,36 @@ def _member_seeds(seed, ensemble_size):
                                                for s in seed):
         if not (all(isinstance(s, np.random.SeedSequence) for s in seed)
                 and len(seed) == (ensemble_size or 0)):
+            members = "a single network" if ensemble_size is None else f"{ensemble_size} members"
             raise ValueError(f"seed as a list must hold one SeedSequence per ensemble member "
-                             f"({ensemble_size}), got {len(seed)} items")
+                             f"({members}), got {len(seed)} items")
         return list(seed)
     return [seed] if ensemble_size is None else children(seed, ensemble_size)
 
 
-def _initial(cell, h0, batch, n_vectors, seed, dtype, identity=False, random_states=True):
+def _initial(cell, h0, batch, n_vectors, seed, dtype):
     """States (E, B, H), (E, B, H or 0) and orthonormal tangents (E, B, S, k).
 
     As in ``dynamics.init.draw``, a single network draws from ``SeedSequence(seed)`` and
     ensemble member e from its child e (so member e's result is that of a single network
     given that child as seed), or from ``seed[e]`` when ``seed`` is a list of E
     SeedSequences; states from the member's child 0, tangents from its child 1:
-    h0 ~ N(0, 1) per unit (c0 too for an LSTM) unless given or ``random_states`` is
-    False (then zeros, as ``dynamics.forward``'s default), and random orthonormal
-    tangents (QR of a Gaussian matrix) unless ``identity`` (the first k unit vectors).
+    h0 ~ N(0, 1) per unit (c0 too for an LSTM) unless given, and random orthonormal
+    tangents (QR of a Gaussian matrix).
     """
     E, H, S = cell.ensemble_size or 1, cell.hidden_size, state_size(cell)
     members = _member_seeds(seed, cell.ensemble_size)
     streams = [[np.random.default_rng(s) for s in children(member, 2)] for member in members]
-    if h0 is None and random_states:
+    if h0 is None:
         h = np.stack([states.normal(size=(batch, H)) for states, _ in streams]).astype(dtype)
         c = (np.stack([states.normal(size=(batch, H)) for states, _ in streams]).astype(dtype)
              if cell.kind == "lstm" else np.zeros((E, batch, 0), dtype))
     else:
         h, c = (state[0].copy() for state in check_states(as_network(cell), h0, batch, dtype))
-    if identity:
-        q = np.broadcast_to(np.eye(S, n_vectors, dtype=dtype), (E, batch, S, n_vectors)).copy()
-    else:
-        q = np.empty((E, batch, S, n_vectors), dtype)
-        for e, (_, tangents) in enumerate(streams):
-            for b in range(batch):
-                q[e, b] = np.linalg.qr(tangents.normal(size=(S, n_vectors)))[0]
+    q = np.empty((E, batch, S, n_vectors), dtype)
+    for e, (_, tangents) in enumerate(streams):
+        for b in range(batch):
+            q[e, b] = np.linalg.qr(tangents.normal(size=(S, n_vectors)))[0]
     return h, c, q
 
 
@@ -274,26 +271,27 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=None, n_ex
 
 def log_singular_values(model, x, h0=None, n_values=None, interval=1, dtype=np.float64):
     """Log singular values, descending, of the product d s_(T-1) / d s_(-1) = J_(T-1) ...
-    J_0 over the whole of ``x``, exact however long the product.
+    J_0 over the whole of ``x``, to the accuracy of the factors however long the product.
 
-    The product is QR-accumulated step by step and kept in row-scaled log form, then
-    its singular values come from the QR algorithm run on that form
+    The product is accumulated as U diag(exp(log_d)) M with a pivoted QR step after
+    every step, and its singular values come from the QR algorithm run on that form
     (``analysis.graded``): a 10,000-step product neither over- nor underflows, and small
-    singular values keep their relative accuracy (as far as each step's Jacobian holds
-    its own). ``interval`` > 1 (it must divide T) multiplies that many Jacobians before
-    each QR: faster, but then values more than 1/eps below the largest within an
-    interval lose digits. Every one of the S directions is followed, whatever
-    ``n_values``: O(S^3) work per interval and sequence.
+    singular values keep their relative accuracy. ``interval`` > 1 (it must divide T)
+    multiplies that many Jacobians before each QR: fewer QRs, but values more than 1/eps
+    below the largest within an interval lose digits, and the interval's product must
+    stay inside the dtype's range (an overflow is flagged as ``diverged``; an underflow
+    reads as -inf). Every one of the S directions is followed, whatever ``n_values``:
+    O(S^3) work per step and sequence.
 
     Returns an xarray.DataArray ``([member,] batch, index)`` (the first ``n_values``,
-    default all S; -inf for a singular product's zeros), nan where the trajectory
-    diverged (the coordinate ``diverged``).
+    default all S; -inf for a singular product's zeros), nan where the trajectory or an
+    interval's product stopped being finite (the coordinate ``diverged``).
     """
     cell = single_cell(model)
     n_vectors = _check_vectors(cell, n_values, "n_values")
     if x is None:
         raise ValueError("log_singular_values needs the input x, (T, B, D) or (T, E, B, D)")
-    steps, _ = input_size(cell, x)
+    steps, _ = steps_and_batch(cell, x)
     if steps == 0:
         raise ValueError("x must have at least one step")
     interval = check_positive_int("interval", interval)
@@ -305,22 +303,19 @@ def log_singular_values(model, x, h0=None, n_values=None, interval=1, dtype=np.f
     q = np.broadcast_to(np.eye(S, dtype=tape.hs.dtype), (E, B, S, S)).copy()
     log_d, m = np.zeros((E, B, S)), np.broadcast_to(np.eye(S), (E, B, S, S)).copy()
     blocks = column_blocks(S, E * B, q.dtype)
+    diverged = trajectory_diverged(tape)
     with single_threaded_blas(), np.errstate(invalid="ignore", over="ignore"):
         for start in range(-1, steps - 1, interval):
             tangent_chain(*tape_arguments(tape), start, start + interval, q, blocks)
-            broken = ~np.isfinite(q).all(axis=(-2, -1))
-            q[broken] = np.eye(S)   # a diverged sequence: nan from here on, the others go on
-            q[...], r = np.linalg.qr(q)
-            log_d, m = scaled_product(r.astype(np.float64), log_d, m)
-            log_d[broken] = np.nan
-    diverged = diverged_flag(tape, cell)[1] | drop_member(np.isnan(log_d).any(-1), cell)
+            diverged |= ~np.isfinite(q).all(axis=(-2, -1))
+            q[diverged] = np.eye(S)   # a diverged sequence: no values; the others go on
+            q[...], log_d, m = pivoted_qr_step(q, log_d, m)
     values = np.full((E, B, n_vectors), np.nan)
-    for e, b in np.ndindex(E, B):
-        if not np.isnan(log_d[e, b]).any():
-            values[e, b] = graded_log_singular_values(log_d[e, b], m[e, b])[:n_vectors]
+    for e, b in zip(*np.nonzero(~diverged)):
+        values[e, b] = graded_log_singular_values(log_d[e, b], m[e, b])[:n_vectors]
     return xr.DataArray(drop_member(values, cell), dims=item_dims(cell) + ("index",),
-                        coords={"diverged": (item_dims(cell), diverged,
-                                             attrs("trajectory stopped being finite", "1"))},
+                        coords={"diverged": diverged_coordinate(
+                            cell, diverged, "trajectory or an interval's product")},
                         name="log_singular_values",
                         attrs={**attrs("natural log of the singular values of the Jacobian "
                                        "product over all steps", "1"),

@@ -137,21 +137,27 @@ def _fixed_point(gain, s, nonlinearity):
         if s == 0.0 and g2 <= 2.0:
             return 0.0
         return s / (1.0 - 0.5 * g2) if g2 < 2.0 else math.inf
-    # F(q) - q = (g^2 - 1) q - g^2 D(q) + s with D(q) = q - E[tanh^2] ~ 2 q^2: written
-    # so, it keeps its relative accuracy near g = 1 and q = 0, where q* ~ sqrt(s/2) or
-    # (g^2 - 1)/2 and g^2 E[tanh^2] - q would lose it all ((g - 1)(g + 1) is exact there).
+    # Below q = 1/4, F(q) - q is taken as (g^2 - 1) q - g^2 D(q) + s with
+    # D(q) = q - E[tanh^2] ~ 2 q^2: so it keeps its relative accuracy near g = 1 and
+    # q = 0, where q* ~ sqrt(s/2) or (g^2 - 1)/2 and g^2 E[tanh^2] - q would lose it all
+    # ((g - 1)(g + 1) is exact there). Above, as g^2 E[tanh^2] + s - q (no cancellation,
+    # and no g^2 q to overflow for large g).
     excess_gain = (gain - 1.0) * (gain + 1.0)
+
+    def excess(q):   # F(q) - q
+        if q < 0.25:
+            return excess_gain * q - g2 * _mean_sq_excess(q) + s
+        return g2 * _mean_tanh_sq(q) + s - q
+
     if s == 0.0:
         # q = 0 is a fixed point, stable iff F'(0) = g^2 <= 1. Otherwise the stable one
         # is the root of F(q)/q - 1, which tends to g^2 - 1 > 0 as q -> 0 and is
         # E[tanh^2] - 1 < 0 at q = g^2.
         if g2 <= 1.0:
             return 0.0
-        return brentq(lambda q: excess_gain - g2 * _mean_sq_excess(q) / q if q > 0.0
-                      else excess_gain, 0.0, g2, **_BRENT)
+        return brentq(lambda q: excess(q) / q if q > 0.0 else excess_gain, 0.0, g2, **_BRENT)
     # F(0) - 0 = s > 0 and F(q) - q = g^2 (E[tanh^2] - 1) < 0 at q = g^2 + s.
-    return brentq(lambda q: excess_gain * q - g2 * _mean_sq_excess(q) + s, 0.0, g2 + s,
-                  **_BRENT)
+    return brentq(excess, 0.0, g2 + s, **_BRENT)
 
 
 def _chi_1(gain, q_star, nonlinearity):

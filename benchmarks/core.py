@@ -115,9 +115,9 @@ class Problem:
         return {k: v * size for k, v in parts.items()}
 
     def traffic(self, backward):
-        """Bytes ours must move at the least, each array once: the forward pass reads the
-        parameters, x and h0 and writes the tape (SAVED_PER_UNIT); the backward pass reads
-        the tape and grad_output and writes the gradients."""
+        """Bytes ours must move at the least: the forward pass reads the parameters, x and
+        h0 and writes the tape (SAVED_PER_UNIT); the backward pass reads the tape back
+        and grad_output, and writes the gradients."""
         parts = self.footprint()
         size = self.x.dtype.itemsize
         forward = parts["params"] + (self.x.size + (0 if self.h0 is None else self.h0.size)) * size
@@ -433,13 +433,13 @@ def timing_table(title, cases, gemm, bandwidth, config):
             t = {n: case["timings"][mode, n].median for n in names}
             rate = {n: common.gflops(problem.flops(mode == "bptt"), t[n]) for n in names}
             ratios = [t[n] / t["ours"] for n in peers]
+            bytes_per_second = problem.traffic(mode == "bptt") / t["ours"]
             rows.append([problem.labels[k] for k in label_keys] + [label]
                         + [1e3 * t[n] for n in names] + ratios
                         + ([min(t[n] for n in peers) / t["ours"]] if len(peers) > 1 else [])
                         + [rate[n] for n in names]
                         + [100 * rate[n] / gemm[problem.dtype] for n in names]
-                        + [problem.traffic(mode == "bptt") / t["ours"] / 1e9,
-                           100 * problem.traffic(mode == "bptt") / t["ours"] / 1e9 / bandwidth])
+                        + [bytes_per_second / 1e9, 100 * bytes_per_second / 1e9 / bandwidth])
     common.print_table(headers, rows, title)
     counts = sorted(t.n for case in cases for t in case["timings"].values())
     print(f"calls timed per measurement: {counts[0]} to {counts[-1]} (median "

@@ -19,7 +19,8 @@ float32 (what torch users train in) and float64.
   over (E, B, .) per step, autograd, the clipping per network, one Adam over the stacks.
 
 A step's FLOPs count matrix products only (``common.rnn_flops`` with backward: 3x the
-forward, less dL/dx, which training needs from neither side); GFLOP/s are compared with numpy's GEMM rate measured at the start of the run.
+forward, less dL/dx, which training needs from neither side); GFLOP/s are compared
+with numpy's GEMM rate measured at the start of the run.
 """
 import functools
 

@@ -1,4 +1,6 @@
 """Global-norm gradient clipping with the semantics of ``torch.nn.utils.clip_grad_norm_``."""
+import numbers
+
 import numpy as np
 
 from dynamics.validation import check_choice, check_float_array
@@ -11,6 +13,14 @@ def _parameter_gradients(grads):
     if not params:
         raise ValueError("grads holds no parameter gradients")
     return params
+
+
+def check_clip(clip):
+    """``clip`` as ``train`` takes it: None (no clipping) or a positive number."""
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, numbers.Real)
+                             or not clip > 0):
+        raise ValueError(f"clip must be None or a positive number, got {clip!r}")
+    return clip
 
 
 def grad_norm(grads, norm_type=2.0, ensemble=False):

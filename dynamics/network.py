@@ -90,8 +90,9 @@ class Network:
         directions = 2 if bidirectional else 1
         hidden_size = check_positive_int("hidden_size", hidden_size)
         if "nonlinearity" in options:
-            raise ValueError(f"the kind names the nonlinearity (rnn_tanh or rnn_relu), got "
-                             f"nonlinearity={options['nonlinearity']!r} as well")
+            raise ValueError(f"nonlinearity is for vanilla RNNs, named by the kind (rnn_tanh "
+                             f"or rnn_relu): got kind={kind!r} and "
+                             f"nonlinearity={options['nonlinearity']!r}")
         if kind.startswith("rnn_"):
             options["nonlinearity"] = kind[4:]
         cells = iter(children(seed, num_layers * directions))

@@ -21,13 +21,12 @@ is flagged ``diverged``; the others go on. The model passed in is never modified
 (('member', 'step'), 2, False)
 """
 import json
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 
-from dynamics.clipping import INPUT_KEYS, clip_grad_norm, grad_norm
+from dynamics.clipping import INPUT_KEYS, check_clip, clip_grad_norm, grad_norm
 from dynamics.losses import LOSSES
 from dynamics.network import Network, as_network
 from dynamics.optim import Adam, Optimizer
@@ -130,9 +129,7 @@ def train(model, data, *, steps, readout=1, loss="mse", target="last", optimizer
     optimizer = Adam() if optimizer is None else optimizer
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a dynamics.optim.SGD or Adam, got {optimizer!r}")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, numbers.Real)
-                             or not clip > 0):
-        raise ValueError(f"clip must be None or a positive number, got {clip!r}")
+    check_clip(clip)
     if truncation is not None:
         truncation = check_positive_int("truncation", truncation)
     if not callable(data):

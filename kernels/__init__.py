@@ -10,13 +10,14 @@ The four step functions are public and callable from your own ``@njit`` code::
 and so is the linearised step (``kernels.jacobians``), with ``cell`` a code of
 ``CELL_CODES`` and ``lin`` a (``LIN_ROWS``, H) array::
 
-    step_linearisation(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, lin)
+    step_linearisation(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out, lin)
     state_jacobian(lin, w_hh, jac)                              # J = d s_t / d s_(t-1)
     state_jvp(lin, w_hh, qh, qc, qh_out, qc_out)                # J q
     state_vjp(lin, w_hh, lh, lc, lh_out, lc_out)                # l J
 
-(``cell_linearisation`` does the same from a row that ``dynamics.forward`` saved:
-``result.tapes[0].p``.)
+(``cell_linearisation`` does the same from what ``dynamics.forward`` saved: the gate
+row ``result.tapes[0].p[e, t, b]`` of an LSTM or GRU, or the states alone of a vanilla
+RNN.)
 
 Two products that any ``@njit`` code can use too keep their partial sums in vector
 registers (``kernels.registers``) and add in a fixed order, each term one fused

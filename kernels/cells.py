@@ -617,26 +617,28 @@ def _step(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out):
 
 
 @jit
-def step_linearisation(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, lin):
-    """Fill ``lin`` (LIN_ROWS, H) with the linearisation of one step of ``cell`` (a code
-    of ``CELL_CODES``) taken from the state (h, c) with input x: what
+def step_linearisation(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out,
+                       lin):
+    """One step of ``cell`` (a code of ``CELL_CODES``) from the state (h, c) with input x
+    into (h_out, c_out), and its linearisation into ``lin`` (LIN_ROWS, H): what
     ``kernels.state_jvp``, ``state_vjp`` and ``state_jacobian`` need. Arguments as for
-    the step functions; ``c`` of length 0 unless the cell is an LSTM.
+    the step functions, but the outputs must not alias (h, c): both states are read.
+    ``c`` and ``c_out`` have length 0 unless the cell is an LSTM.
 
     >>> import numpy as np, kernels
     >>> H = 3
     >>> w_ih, w_hh, b = np.full((H, 1), 0.5), np.eye(H), np.zeros(H)
     >>> h, x, lin = np.array([0.1, 0.2, 0.3]), np.ones(1), np.empty((kernels.LIN_ROWS, H))
+    >>> h_out = np.empty(H)
     >>> kernels.step_linearisation(kernels.CELL_CODES["rnn_tanh"], x, h, h[:0], w_ih, w_hh,
-    ...                            b, b, lin)
+    ...                            b, b, h_out, h_out[:0], lin)
     >>> jac = np.empty((H, H))
     >>> kernels.state_jacobian(lin, w_hh, jac)
-    >>> bool(np.allclose(jac, np.diag(1 - np.tanh(0.5 + h) ** 2)))
-    True
+    >>> bool(np.allclose(h_out, np.tanh(0.5 + h))), bool(np.allclose(jac, np.diag(1 - h_out ** 2)))
+    (True, True)
     """
-    h_new, c_new = np.empty_like(h), np.empty_like(c)
-    saved = _step(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_new, c_new)
-    cell_linearisation(cell, saved, h, c, h_new, c_new, lin)
+    saved = _step(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out)
+    cell_linearisation(cell, saved, h, c, h_out, c_out, lin)
 
 
 _STEP_DOC = """One step of a {name} cell for one sequence, callable from your own ``@njit`` code.

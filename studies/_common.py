@@ -4,11 +4,19 @@ Each study is ``python -m studies.<name> [--quick] [--out DIR] ...`` and writes
 ``DIR/<name>.nc`` (NetCDF through h5netcdf) and ``DIR/<name>.png``.
 """
 import argparse
+import importlib
 import pathlib
 
 import numpy as np
 
 from analysis.sweep import save_netcdf
+
+
+def run_main(module_name):
+    """Run ``studies.<name>.main()`` from the importable module, not from ``__main__``:
+    dask then pickles the sweep's functions by reference to ``studies.<name>``, which
+    a running cluster's workers can import (they cannot import our ``__main__``)."""
+    return importlib.import_module(module_name).main()
 
 
 def parse_grid(text):

@@ -36,7 +36,7 @@ import dynamics
 from analysis import meanfield
 from analysis._common import attrs
 from analysis.sweep import Output, Sweep
-from studies._common import chosen_sizes, parse_grid, save, study_parser
+from studies._common import chosen_sizes, parse_grid, run_main, save, study_parser
 
 NAME = "edge_of_chaos"
 CELLS = {"rnn_tanh": ("tanh", 1), "rnn_relu": ("relu", 1), "lstm": (None, 4), "gru": (None, 3)}
@@ -255,7 +255,4 @@ def summary(ds):
 
 
 if __name__ == "__main__":
-    # the importable module's main: dask then pickles the sweep's functions by reference
-    # to studies.edge_of_chaos, which a running cluster's workers can import (not our __main__)
-    from studies.edge_of_chaos import main as module_main
-    module_main()
+    run_main("studies.edge_of_chaos")

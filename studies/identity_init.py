@@ -52,9 +52,10 @@ import analysis
 import dynamics
 from analysis._common import attrs
 from analysis.sweep import Output, Sweep
+from dynamics.clipping import check_clip
 from dynamics.optim import Adam
 from dynamics.tasks import ADDING_BASELINE_MSE, adding_problem, minibatches
-from studies._common import chosen_sizes, parse_grid, save, study_parser
+from studies._common import chosen_sizes, parse_grid, run_main, save, study_parser
 
 NAME = "identity_init"
 
@@ -200,9 +201,8 @@ def identity_init(inits=tuple(INITS), lengths=FULL["lengths"], seeds=3, steps=20
     for name, value in (("seeds", seeds), ("steps", steps), ("units", units), ("batch", batch)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    Adam(lr)  # checks lr, and below clip, before any store is opened
-    if clip is not None and not clip > 0:
-        raise ValueError(f"clip must be None (no clipping) or > 0, got {clip!r}")
+    Adam(lr)  # lr and clip are checked before any store is opened
+    check_clip(clip)
     at_init, trained = build_sweeps(inits, lengths, seeds, steps, units, batch, lr, clip, dtype,
                                     seed, backend)
     paths = [None, None] if store is None else [f"{store}/{s.name}.zarr" for s in (at_init, trained)]
@@ -306,7 +306,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    # the importable module's main: dask then pickles the sweep's functions by reference
-    # to studies.identity_init, which a running cluster's workers can import (not our __main__)
-    from studies.identity_init import main as module_main
-    module_main()
+    run_main("studies.identity_init")

@@ -349,25 +349,17 @@ def test_step_kernels_in_user_njit_code(kind, parallel, data):
         assert naive.relative_error(cs[-1], expected.c_n[0], tiny=1.0) <= rtol
 
 
-LSTM_CODE, GRU_CODE = kernels.CELL_CODES["lstm"], kernels.CELL_CODES["gru"]
-
-
 @numba.njit
 def _user_tangent_walk(cell, xs, h, c, w_ih, w_hh, b_ih, b_hh, q):
-    """A user's own tangent propagation: linearise each step, q <- J q, then step."""
+    """A user's own tangent propagation: step and linearise, then q <- J q."""
     lin = np.empty((kernels.LIN_ROWS, h.shape[0]), h.dtype)
-    q_out = np.empty_like(q)
+    h_out, c_out, q_out = np.empty_like(h), np.empty_like(c), np.empty_like(q)
     n = h.shape[0]
     for t in range(xs.shape[0]):
-        kernels.step_linearisation(cell, xs[t], h, c, w_ih, w_hh, b_ih, b_hh, lin)
+        kernels.step_linearisation(cell, xs[t], h, c, w_ih, w_hh, b_ih, b_hh, h_out, c_out,
+                                   lin)
         kernels.state_jvp(lin, w_hh, q[:n], q[n:], q_out[:n], q_out[n:])
-        q[:] = q_out
-        if cell == LSTM_CODE:
-            kernels.lstm_step(xs[t], h, c, w_ih, w_hh, b_ih, b_hh, h, c)
-        elif cell == GRU_CODE:
-            kernels.gru_step(xs[t], h, w_ih, w_hh, b_ih, b_hh, h)
-        else:
-            kernels.rnn_tanh_step(xs[t], h, w_ih, w_hh, b_ih, b_hh, h)
+        h[:], c[:], q[:] = h_out, c_out, q_out
 
 
 @examples(10)
