@@ -26,8 +26,8 @@ import numpy as np
 import xarray as xr
 
 from analysis._common import attrs, drop_member, item_dims, provenance, single_cell, state_size
-from analysis.jacobians import (steps_and_batch, tape_arguments, trajectory,
-                                trajectory_diverged)
+from analysis.jacobians import (diverged_variable, steps_and_batch, tape_arguments,
+                                trajectory, trajectory_diverged)
 from dynamics.layer import single_threaded_blas
 from dynamics.propagation import engine
 from dynamics.validation import check_float_array, check_positive_int
@@ -159,8 +159,7 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
     in_fit = (lags >= first) & (lags <= last)
     rate = fit_log_slope(np.where(in_fit, logs, np.nan), lags)
     drop = e_folding_lag(logs, lags)
-    diverged = drop_member(trajectory_diverged(tape, run.to_host) | np.isnan(logs[2]).any(-1),
-                           cell)
+    diverged = trajectory_diverged(tape, run.to_host) | np.isnan(logs[2]).any(-1)
     norm_dims = ("norm",) + item_dims(cell)
     member = functools.partial(drop_member, cell=cell, axis=1)  # logs are (norm, E, B, ...)
     config = {"steps": T, "max_lag": max_lag, "spectral": spectral, "products": products,
@@ -177,7 +176,7 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
                         attrs("fitted log-slope of the norm against lag", "1/step")),
          "decay_lag": (norm_dims, member(drop),
                        attrs("lag at which the norm has fallen by a factor e", "steps")),
-         "diverged": (item_dims(cell), diverged, attrs("trajectory or product not finite", "1"))},
+         "diverged": diverged_variable(cell, diverged, "trajectory or product")},
         coords={"norm": ("norm", list(NORMS), attrs(
                     "spectral or Frobenius norm of the Jacobian product, or the adjoint's "
                     "Euclidean norm", "1")),

@@ -109,8 +109,8 @@ def trajectory_diverged(tape, to_host=np.asarray):
     return ~(finite[0] & finite[1])
 
 
-def diverged_coordinate(cell, diverged, what="trajectory"):
-    """The coordinate ``diverged`` (``[member,] batch``) from (E, B) flags."""
+def diverged_variable(cell, diverged, what="trajectory"):
+    """The variable or coordinate ``diverged`` (``[member,] batch``) from (E, B) flags."""
     return item_dims(cell), drop_member(diverged, cell), attrs(f"{what} stopped being finite",
                                                                "1")
 
@@ -156,7 +156,7 @@ def state_jacobians(model, x, h0=None, dtype=np.float64):
         jac, dims=("time",) + item_dims(cell) + ("row", "column"),
         coords={"time": ("time", np.arange(T), attrs("step t of the trajectory", "steps")),
                 **state_labels(cell, "row", "column"),
-                "diverged": diverged_coordinate(cell, trajectory_diverged(tape))},
+                "diverged": diverged_variable(cell, trajectory_diverged(tape))},
         name="state_jacobian",
         attrs={**attrs("state Jacobian d s_t / d s_(t-1)", "1"),
                **provenance("state_jacobians", {"steps": T, "batch": B}, jac.dtype)})
@@ -184,7 +184,7 @@ def jacobian_product(model, x, t, k, h0=None, dtype=np.float64):
     return xr.DataArray(
         drop_member(q, cell), dims=item_dims(cell) + ("row", "column"),
         coords={**state_labels(cell, "row", "column"),
-                "diverged": diverged_coordinate(cell, trajectory_diverged(tape))},
+                "diverged": diverged_variable(cell, trajectory_diverged(tape))},
         name="jacobian_product",
         attrs={**attrs(f"Jacobian product d s_{t} / d s_{k}", "1"),
                **provenance("jacobian_product", {"t": t, "k": k, "steps": T}, q.dtype)})

@@ -28,7 +28,7 @@ from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, pro
                               single_cell, state_size)
 from analysis.gradients import adjoint_log_norms, default_loss_gradient, fit_log_slope
 from analysis.graded import graded_log_singular_values, pivoted_qr_step
-from analysis.jacobians import (check_drive, diverged_coordinate, steps_and_batch,
+from analysis.jacobians import (check_drive, diverged_variable, steps_and_batch,
                                 tape_arguments, trajectory, trajectory_diverged)
 from dynamics.init import children
 from dynamics.layer import LayerTape, member_major_parameters, single_threaded_blas
@@ -257,8 +257,7 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=None, n_ex
          "finite_time_exponents": (dims + ("time", "exponent"),
                                    drop_member(log_r / interval, cell),
                                    attrs("exponents of one re-orthonormalisation interval", nats)),
-         "diverged": (dims, drop_member(diverged, cell),
-                      attrs("state or tangents stopped being finite", "1"))},
+         "diverged": diverged_variable(cell, diverged, "state or tangents")},
         coords={"exponent": ("exponent", np.arange(n_vectors),
                              attrs("index of the exponent, in QR order (0: the largest)", "1")),
                 "time": ("time", burn_in + elapsed, attrs("steps run at this record", "steps"))},
@@ -314,7 +313,7 @@ def log_singular_values(model, x, h0=None, n_values=None, interval=1, dtype=np.f
     for e, b in zip(*np.nonzero(~diverged)):
         values[e, b] = graded_log_singular_values(log_d[e, b], m[e, b])[:n_vectors]
     return xr.DataArray(drop_member(values, cell), dims=item_dims(cell) + ("index",),
-                        coords={"diverged": diverged_coordinate(
+                        coords={"diverged": diverged_variable(
                             cell, diverged, "trajectory or an interval's product")},
                         name="log_singular_values",
                         attrs={**attrs("natural log of the singular values of the Jacobian "

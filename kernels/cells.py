@@ -334,9 +334,8 @@ PAGE_BYTES = 4096
 @jit(inline=True)
 def reads_in_place(b):
     """Whether a product reads its factor ``b`` (k, m) in place rather than packed a part
-    of the sum at a time (``add_product``,
-    ``kernels.projections.add_transposed_product``): contiguous rows less than a page
-    apart. Measured on one Zen 4 core, (1000 x m)^T
+    of the sum at a time (``add_product``, ``kernels.projections.add_transposed_product``):
+    contiguous rows less than a page apart. Measured on one Zen 4 core, (1000 x m)^T
     (1000 x m) in parts of 128 rows, in place and packed (GFLOP/s): float32 m = 64,
     93-96 and 70; m = 128, 96 and 86; m = 256, 92-99 and 79-80; float64 m = 64, 35-39
     and 33-37; m = 256, 45 and 43."""

@@ -132,7 +132,8 @@ def add_transposed_product(d, states, out):
     with every sum over r in order (``kernels.cells.add_packed_product``). ``states`` is
     packed a part of the sum at a time, unless both it and d have close rows: then both
     are read in place (``kernels.cells.reads_in_place``). Measured on one core, float32
-    (2048 x 4096)^T (2048 x 1024): 202 GFLOP/s (OpenBLAS 114); (6400 x 512)^T (6400 x 128): 202 (103).
+    (2048 x 4096)^T (2048 x 1024): 202 GFLOP/s (OpenBLAS 114); (6400 x 512)^T
+    (6400 x 128): 202 (103).
     An ``out`` narrower than a panel (a few inputs) is summed transposed, out^T +=
     states^T d, reading the rows of d (contiguous) in place: float32 (6400 x 512)^T
     (6400 x 2), 13 MB from memory, took 0.45 ms on one core (OpenBLAS 1.22); float64
