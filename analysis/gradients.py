@@ -25,7 +25,8 @@ import functools
 import numpy as np
 import xarray as xr
 
-from analysis._common import attrs, drop_member, item_dims, provenance, single_cell, state_size
+from analysis._common import (analysis_dtype, attrs, drop_member, item_dims, provenance,
+                              single_cell, state_size)
 from analysis.jacobians import (diverged_variable, steps_and_batch, tape_arguments,
                                 trajectory, trajectory_diverged)
 from dynamics.layer import single_threaded_blas
@@ -126,6 +127,8 @@ def gradient_norm_vs_lag(model, x=None, max_lag=None, h0=None, grad_final=None, 
                          "(the spectral and Frobenius norms of the products need backend='cpu')")
     run = engine(backend)
     cell = single_cell(model)
+    if backend == "cuda":
+        run.check_adjoint_fits(cell, analysis_dtype(dtype))
     T, B = steps_and_batch(cell, x, drive)
     if T == 0:
         raise ValueError("x must have at least one step to measure gradients against lag")

@@ -206,10 +206,12 @@ def lyapunov_spectrum(model, x=None, *, drive=None, steps=None, batch=None, n_ex
     """
     cell = single_cell(model)
     dtype = analysis_dtype(dtype)
-    engine(backend)
+    run = engine(backend)
     if backend == "cuda" and gradient_lags is not None:
         raise ValueError("gradient_lags is computed on backend='cpu' only; on the GPU, "
                          "use analysis.gradient_norm_vs_lag(..., backend='cuda')")
+    if backend == "cuda":
+        run.check_tangents_fit(cell, dtype)
     n_vectors = _check_vectors(cell, n_exponents)
     inputs, additive, steps, batch = _inputs(cell, x, drive, steps, batch, dtype)
     burn_in = check_positive_int("burn_in", burn_in, minimum=0)

@@ -154,9 +154,32 @@ def matmul(a, b, c, trans_a=False, trans_b=False, accumulate=False, bias=None,
         partial.reshape((n_chunks, n_members, n_rows, n_cols)), c, accumulate)
 
 
-def uses_walk(n_members, batch):
-    """Whether a layer runs as walks (else as the batched recurrence); shapes only."""
-    return n_members * batch >= WALK_MIN_SEQUENCES or batch < BATCHED_MIN_BATCH
+def uses_walk(n_members, batch, n_rows, hidden, itemsize):
+    """Whether a layer runs as walks (else as the batched recurrence): enough sequences
+    to fill the GPU or a batch too small for tiles, and a walk's state fits a block's
+    shared memory."""
+    return (kernels.state_fits(n_rows, hidden, itemsize)
+            and (n_members * batch >= WALK_MIN_SEQUENCES or batch < BATCHED_MIN_BATCH))
+
+
+def check_adjoint_fits(cell, dtype):
+    """Refuse, before any work, a network too large for ``adjoint_log_norms``' walk."""
+    n_rows, itemsize = n_gates(cell.code) * cell.hidden_size, np.dtype(dtype).itemsize
+    if not kernels.state_fits(n_rows, cell.hidden_size, itemsize):
+        raise ValueError(
+            f"the GPU adjoint holds 3H + G*H = {3 * cell.hidden_size + n_rows} values of "
+            f"{np.dtype(dtype).name} in a block's {kernels.SHARED_BYTES} bytes of shared "
+            f"memory: hidden_size {cell.hidden_size} is too large; use backend='cpu'")
+
+
+def check_tangents_fit(cell, dtype):
+    """Refuse, before any work, a network too large for ``tangent_walk``."""
+    itemsize = np.dtype(dtype).itemsize
+    if cuda_tangents.tangent_shared_bytes(cell.hidden_size, itemsize) > kernels.SHARED_BYTES:
+        raise ValueError(
+            f"the GPU Lyapunov walk holds the state (2H = {2 * cell.hidden_size} values of "
+            f"{np.dtype(dtype).name}) in a block's {kernels.SHARED_BYTES} bytes of shared "
+            f"memory: hidden_size {cell.hidden_size} is too large; use backend='cpu'")
 
 
 def _walk_launch(n_members, batch, n_rows, n_units, itemsize, n_state_rows):
@@ -200,7 +223,7 @@ def layer_forward(cell, x, h0, c0, reverse, additive=False):
             kernels.add_rows[_grid(projection.size), THREADS](inputs, bias_ih, projection)
         else:
             matmul(inputs, weight_ih, projection, trans_b=True, bias=bias_ih)
-        if uses_walk(n_members, batch):
+        if uses_walk(n_members, batch, n_rows, hidden, dtype.itemsize):
             w_hh_t = transposed(weight_hh)
             launch, cache = _walk_launch(n_members, batch, n_rows, hidden, p.dtype.itemsize, 2)
             kernels.walk_forward(p.dtype)[launch](cell.code, reverse, p, w_hh_t, bias_hh, h0,
@@ -266,7 +289,7 @@ def layer_backward(tape, grad_hs, grad_time_major, grad_h_n, grad_c_n, truncatio
              "bias_ih": zeros((n_members, 1, n_rows), dtype),
              "bias_hh": zeros((n_members, 1, n_rows), dtype)}
     if n_steps:
-        if uses_walk(n_members, batch):
+        if uses_walk(n_members, batch, n_rows, hidden, dtype.itemsize):
             launch, cache = _walk_launch(n_members, batch, n_rows, hidden, dtype.itemsize, 3)
             kernels.walk_backward(dtype)[launch](
                 tape.cell.code, tape.reverse, truncation, tape.p, tape.weight_hh, tape.h0,
@@ -347,12 +370,13 @@ def tangent_walk(cell, x, additive, parameters, t0, n_steps, interval, h, c, q, 
     n_rows = w_hh.shape[1]
     log_r = to_device(np.full((n_members, batch, -(-n_steps // interval), q.shape[3]), np.nan))
     scratch = cuda.device_array((n_members, batch, n_rows, q.shape[3]), h.dtype)
+    rows = cuda.device_array((n_members, batch, 8 * hidden), h.dtype)
     kernel = cuda_tangents.tangent_walk(h.dtype)
     shared = cuda_tangents.tangent_shared_bytes(hidden, h.dtype.itemsize)
     kernel[n_members * batch, kernels.walk_threads(n_rows), 0, shared](
         cell.code, to_device(x), additive, to_device(w_ih), to_device(b_ih),
         transposed(to_device(w_hh)), to_device(b_hh), t0, n_steps, interval, h, c, q,
-        scratch, diverged, log_r)
+        scratch, rows, diverged, log_r)
     return log_r.copy_to_host()
 
 

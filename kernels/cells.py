@@ -25,11 +25,11 @@ from kernels._jit import jit
 from kernels.activations import dsigmoid, drelu, dtanh, relu, sigmoid, tanh
 from kernels.memory import aligned_buffer, aligned_empty, any_layout, copy_into, fill
 from kernels.parallel import run_items
-from kernels.registers import (HALF_BLOCK, PANEL_ROWS, PANEL_VECTORS, QUARTER_BLOCK,
+from kernels.registers import (DOT_ROWS, HALF_BLOCK, PANEL_ROWS, PANEL_VECTORS, QUARTER_BLOCK,
                                VECTOR_BITS, WIDE_BLOCK,
                                accumulate_columns, accumulate_panel, accumulate_panel_vector,
-                               accumulate_vector, accumulate_vector_from, load_vector,
-                               multiply_add)
+                               accumulate_vector, accumulate_vector_from, dot_rows,
+                               load_vector, multiply_add)
 
 RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3
 CELL_CODES = {"rnn_tanh": RNN_TANH, "rnn_relu": RNN_RELU, "lstm": LSTM, "gru": GRU}
@@ -366,14 +366,50 @@ def add_product(a, b, out):
         add_packed_product(a[:, k0:k1], pack_panels(b[k0:k1], width), out)
 
 
-@jit
+@jit(inline=True)
 def input_matvec(w, x, bias, out):
-    """out[:G*H] = W x + bias for ``w = W`` of shape (G*H, D): one dot product per row."""
+    """out[:G*H] = W x + bias for ``w = W`` of shape (G*H, D): one dot product per row,
+    summed in vector lanes (``kernels.registers.dot_rows``, eight rows at a time), then
+    added to the bias. Strided ``w`` or ``x`` take the same order in memory
+    (``dot_row_in_memory``): the same bits every way."""
+    n_rows = w.shape[0]
+    if w.strides[1] != w.itemsize or x.strides[0] != x.itemsize:
+        dots_in_memory(w, x, out)
+    else:
+        i = 0
+        while i + DOT_ROWS <= n_rows:
+            sums = dot_rows(w, x, i, DOT_ROWS)
+            for r in range(DOT_ROWS):
+                out[i + r] = sums[r]
+            i += DOT_ROWS
+        for i in range(i, n_rows):
+            out[i] = dot_rows(w, x, i, 1)[0]
+    for i in range(n_rows):
+        out[i] += bias[i]
+
+
+@jit
+def dots_in_memory(w, x, out):
+    """out[i] = ``dot_row_in_memory`` of each row i of ``w``."""
+    partial = np.empty(VECTOR_BITS // (8 * out.itemsize), out.dtype)
     for i in range(w.shape[0]):
-        acc = bias[i]
-        for j in range(x.shape[0]):
-            acc = multiply_add(w[i, j], x[j], acc)
-        out[i] = acc
+        out[i] = dot_row_in_memory(w[i], x, partial)
+
+
+@jit
+def dot_row_in_memory(row, x, partial):
+    """The dot product of ``kernels.registers.dot_rows`` for one row, any strides: the
+    lanes' sums in ``partial`` (one vector's length), then added pairwise, halving."""
+    lanes = partial.shape[0]
+    partial[:] = 0.0
+    for j in range(x.shape[0]):
+        partial[j % lanes] = multiply_add(row[j], x[j], partial[j % lanes])
+    width = lanes
+    while width > 1:
+        width //= 2
+        for lane in range(width):
+            partial[lane] += partial[lane + width]
+    return partial[0]
 
 
 @jit
@@ -650,8 +686,10 @@ _STEP_DOC = """One step of a {name} cell for one sequence, callable from your ow
     weight_ih : (G*H, D), weight_hh : (G*H, H), bias_ih, bias_hh : (G*H,) with G = {gates}
     h_out{c_out} : (H,) written with the new state; may alias the previous state.
 
-    Assumes, without checking: all arrays of one float dtype (float32 or float64),
-    1-D arrays contiguous, weights C-contiguous, the shapes above. Returns nothing.
+    Assumes, without checking: all arrays of one float dtype (float32 or float64) and
+    the shapes above. Any strides give the same bits; contiguous weight rows and a
+    contiguous x and h are fastest (the products then sum in vector registers).
+    Returns nothing.
 
     Examples
     --------

@@ -39,6 +39,13 @@ MAX_THREADS = 1024
 FLOAT64 = numba_float("float64")
 
 
+def state_fits(n_gate_rows, n_units, itemsize):
+    """Whether a walk's block can hold its state and gate rows in shared memory (the
+    backward walk's three state rows, the most); beyond, layers run as the batched
+    recurrence (float64 LSTM: H > 731)."""
+    return (3 * n_units + n_gate_rows) * itemsize <= SHARED_BYTES
+
+
 def weights_fit(n_gate_rows, n_units, itemsize):
     """Whether a walk keeps W_hh in shared memory, beside its state and gate rows."""
     return (n_gate_rows * n_units + 3 * n_units + n_gate_rows) * itemsize <= SHARED_BYTES

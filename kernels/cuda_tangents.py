@@ -4,11 +4,13 @@
 block per sequence (ensemble member e, batch element b) advances the state and k
 tangent vectors together, q <- J_t q, for all steps in one launch, and
 re-orthonormalises the tangents every ``interval`` steps, accumulating log |R_jj| in
-float64 (Benettin et al. 1980). The state, the gate values and the pre-activations live
-in shared memory; the tangents (S, k) and their products with W_hh (G*H, k) in global
-memory, one slice per block. The QR is modified Gram-Schmidt, each projection done twice
-("twice is enough", Giraud et al. 2005), its dot products reduced in a fixed order by
-``kernels.cuda_sequence.block_sum``: the same bits on every run.
+float64 (Benettin et al. 1980). The state lives in shared memory (2H values: up to
+H = 2,560 in float64); the gate values and pre-activations (8H), the tangents (S, k) and
+their products with W_hh (G*H, k) in global memory, one slice per block (each step reads
+W_hh k + 1 times, G*H*H*(k + 1) values, against 8H for the rows). The QR is modified
+Gram-Schmidt, each projection done twice ("twice is enough", Giraud et al. 2005), its
+dot products reduced in a fixed order by ``kernels.cuda_sequence.block_sum``: the same
+bits on every run.
 """
 import functools
 import math
@@ -23,8 +25,8 @@ __all__ = ["tangent_walk", "tangent_shared_bytes"]
 
 
 def tangent_shared_bytes(n_units, itemsize):
-    """Dynamic shared memory of a ``tangent_walk`` block: h, c, p (4H) and ph (4H)."""
-    return 10 * n_units * itemsize
+    """Dynamic shared memory of a ``tangent_walk`` block: h and c."""
+    return 2 * n_units * itemsize
 
 
 @cuda.jit(device=True)
@@ -122,17 +124,17 @@ def _orthonormalise(q, log_r, partial):
 def tangent_walk(dtype):
     """The kernel for ``dtype``: launch ``[E * B, threads, 0, tangent_shared_bytes(H)]``
     as ``kernel(cell, x, additive, w_ih, b_ih, w_hh_t, b_hh, t0, n_steps, interval, h, c,
-    q, a, diverged, log_r)``. Arguments as ``kernels.tangents.tangent_walk`` (``x``
-    (1 or E, T, B, D), T = 0 for an autonomous network; ``h``, ``c``, ``q``
+    q, a, rows, diverged, log_r)``. Arguments as ``kernels.tangents.tangent_walk``
+    (``x`` (1 or E, T, B, D), T = 0 for an autonomous network; ``h``, ``c``, ``q``
     (E, B, S, k), ``diverged`` (E, B) and ``log_r`` (E, B, records, k) float64, nan on
     entry), except: W_hh comes transposed, ``w_hh_t`` (E, H, G*H), ``a`` (E, B, G*H, k)
-    is scratch, and nothing is recorded but the log |R_jj|.
+    and ``rows`` (E, B, 8H) are scratch, and nothing is recorded but the log |R_jj|.
     """
     scalar = numba_float(dtype)
 
     @cuda.jit
     def kernel(cell, x, additive, w_ih, b_ih, w_hh_t, b_hh, t0, n_steps, interval, h, c, q, a,
-               diverged, log_r):
+               rows, diverged, log_r):
         batch, n_units = h.shape[1], h.shape[2]
         n_rows = w_hh_t.shape[2]
         n_vectors = q.shape[3]
@@ -143,8 +145,8 @@ def tangent_walk(dtype):
         shared = cuda.shared.array(0, scalar)
         hh = shared[:n_units]
         cc = shared[n_units:2 * n_units]
-        p = shared[2 * n_units:6 * n_units]
-        ph = shared[6 * n_units:10 * n_units]
+        p = rows[e, b, :4 * n_units]
+        ph = rows[e, b, 4 * n_units:]
         partial = cuda.shared.array(MAX_THREADS, FLOAT64)
         qq, aa = q[e, b], a[e, b]
         load_state(h, c, e, b, hh, cc)

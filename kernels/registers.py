@@ -10,6 +10,10 @@ fused multiply-add where the CPU has it (``FUSED``), so each element sees the sa
 operations in the same order as the plain loop written with ``multiply_add``: the same
 bits (``tests/test_registers.py``). ``kernels.cells.accumulate_rows`` (a matrix-vector
 product) and ``kernels.cells.add_product`` (a matrix product) are built on them.
+
+``dot_rows`` is the other orientation, for the step functions users call, whose weights
+come in PyTorch's layout: dot products of rows of W with x, each summed lane by lane in
+one vector register, then across its lanes.
 """
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -166,6 +170,88 @@ def accumulate_panel_vector(typingctx, rows, coefficients, out, start):
         return None
     codegen = _sums_in_registers(out.dtype, PANEL_ROWS, 1)
     return types.none(rows, coefficients, out, start), codegen
+
+
+#: Rows of one ``dot_rows`` call: eight sums, each in a vector register, to keep both
+#: fused multiply-add units busy through their latency.
+DOT_ROWS = 8
+
+
+@intrinsic
+def dot_rows(typingctx, matrix, x, first, n_rows):
+    """The dot products with ``x`` of ``n_rows`` (a literal) rows of ``matrix`` from row
+    ``first``, as a tuple. Lane l of each row's vector register sums the terms of the
+    columns j = l (mod lanes) in order (the last vector loaded under a mask); then the
+    lanes are added pairwise, halving: lane l + w/2 onto lane l for w = lanes, lanes/2,
+    ..., 2. ``kernels.cells.dot_row_in_memory`` is the same order in memory.
+
+    Assumes (the caller checks) unit stride along the rows of ``matrix`` and along ``x``,
+    and the rows within ``matrix``.
+    """
+    if not (_floats(matrix, x, ndim=(2, 1)) and isinstance(first, types.Integer)
+            and isinstance(n_rows, types.IntegerLiteral) and n_rows.literal_value > 0):
+        return None
+    dtype, count = x.dtype, n_rows.literal_value
+    n_lanes = lanes(dtype)
+
+    def codegen(context, builder, signature, args):
+        matrix_, x_ = (context.make_array(t)(context, builder, v)
+                       for t, v in zip(signature.args[:2], args[:2]))
+        first_row = context.cast(builder, args[2], signature.args[2], types.intp)
+        vector = _vector_type(context, dtype)
+        align = dtype.bitwidth // 8
+        row_stride = cgutils.unpack_tuple(builder, matrix_.strides, 2)[0]
+        n_columns = cgutils.unpack_tuple(builder, x_.shape, 1)[0]
+        lanes_ = ir.Constant(n_columns.type, n_lanes)
+        n_vectors = builder.udiv(n_columns, lanes_)
+        remainder = builder.urem(n_columns, lanes_)
+        base = builder.bitcast(matrix_.data, ir.IntType(8).as_pointer())
+        rows = [builder.bitcast(builder.gep(base, [builder.mul(builder.add(
+            first_row, ir.Constant(first_row.type, r)), row_stride)]), vector.as_pointer())
+            for r in range(count)]
+        x_vectors = builder.bitcast(x_.data, vector.as_pointer())
+        zero = ir.Constant(vector, [0.0] * n_lanes)
+        sums = [cgutils.alloca_once_value(builder, zero) for _ in range(count)]
+
+        def add_vector(load):
+            x_k = load(x_vectors)
+            for r in range(count):
+                builder.store(_multiply_add(builder, load(rows[r]), x_k,
+                                            builder.load(sums[r])), sums[r])
+
+        with cgutils.for_range(builder, n_vectors) as loop:
+            add_vector(lambda row: builder.load(builder.gep(row, [loop.index]), align=align))
+        with builder.if_then(builder.icmp_unsigned("!=", remainder, remainder.type(0))):
+            in_row = builder.icmp_unsigned(
+                "<", ir.Constant(ir.VectorType(remainder.type, n_lanes), list(range(n_lanes))),
+                _splat(builder, remainder, n_lanes))
+            masked_load = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vector, [vector.as_pointer(), ir.IntType(32),
+                                                         in_row.type, vector]),
+                f"llvm.masked.load.v{n_lanes}{vector.element.intrinsic_name}.p0")
+            add_vector(lambda row: builder.call(masked_load, [
+                builder.gep(row, [n_vectors]), _i32(align), in_row, zero]))
+        result = context.get_constant_undef(signature.return_type)
+        for r in range(count):
+            total, width = builder.load(sums[r]), n_lanes
+            while width > 1:
+                half = width // 2
+                low, high = (builder.shuffle_vector(total, total, ir.Constant(
+                    ir.VectorType(ir.IntType(32), half), list(range(start, start + half))))
+                    for start in (0, half))
+                total, width = builder.fadd(low, high), half
+            result = builder.insert_value(result, builder.extract_element(total, _i32(0)), r)
+        return result
+
+    return types.UniTuple(dtype, count)(matrix, x, first, n_rows), codegen
+
+
+def _splat(builder, value, count):
+    """``value`` in every lane of a vector of ``count``."""
+    vector = builder.insert_element(ir.Constant(ir.VectorType(value.type, count), ir.Undefined),
+                                    value, _i32(0))
+    return builder.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(ir.IntType(32), count),
+                                                              [0] * count))
 
 
 def _i32(value):

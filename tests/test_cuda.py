@@ -252,6 +252,46 @@ def test_analysis_refuses_what_the_gpu_does_not_compute():
         analysis.lyapunov_spectrum(cell, steps=4, gradient_lags=2, backend="cuda")
 
 
+def test_layers_too_large_for_a_walk_run_as_the_batched_recurrence(monkeypatch):
+    """A walk holds its state and gate rows in a block's shared memory: 3H + G*H values
+    within ``SHARED_BYTES`` (float64 LSTM: H <= 731). Larger layers take the batched
+    recurrence, whatever the number of sequences, and still agree with the CPU."""
+    from kernels import cuda_sequence
+
+    for itemsize, largest in ((8, 731), (4, 1462)):
+        assert gpu.uses_walk(4096, 1, 4 * largest, largest, itemsize)
+        assert not gpu.uses_walk(4096, 1, 4 * (largest + 1), largest + 1, itemsize)
+    cell = random_cell("lstm", 2, 3, seed=1)
+    x = np.random.default_rng(1).normal(size=(4, 2, 2))
+    grad_output = np.ones((4, 2, 3))
+    cpu, cpu_grads = dynamics.forward(cell, x), dynamics.bptt(cell, x, grad_output)
+    monkeypatch.setattr(gpu, "WALK_MIN_SEQUENCES", 1)
+    monkeypatch.setattr(cuda_sequence, "SHARED_BYTES", 7 * 3 * 8 - 1)
+    monkeypatch.setattr(cuda_sequence, "walk_forward", None)   # never reached
+    monkeypatch.setattr(cuda_sequence, "walk_backward", None)
+    cuda = dynamics.forward(cell, x, backend="cuda")
+    cuda_grads = dynamics.bptt(cell, x, grad_output, backend="cuda")
+    assert_agree(cuda.output, cpu.output, np.float64, "output")
+    for name in cpu_grads:
+        assert_agree(cuda_grads[name], cpu_grads[name], np.float64, f"gradient {name}")
+
+
+@pytest.mark.parametrize("call, what", [
+    (lambda: analysis.lyapunov_spectrum(random_cell("rnn_tanh", 1, 2561), steps=4,
+                                        backend="cuda"), "Lyapunov"),
+    (lambda: analysis.gradient_norm_vs_lag(random_cell("lstm", 1, 732), np.zeros((3, 1, 1)),
+                                           products=False, backend="cuda"), "adjoint")])
+def test_analysis_refuses_networks_too_large_for_a_block_before_any_work(call, what,
+                                                                         monkeypatch):
+    """The GPU Lyapunov walk holds 2H values in a block's shared memory (float64: H <=
+    2,560), the adjoint walk 3H + G*H (float64 LSTM: H <= 731): larger networks get a
+    clear error naming the backend to use, before any trajectory."""
+    monkeypatch.setattr(dynamics, "forward", None)
+    monkeypatch.setattr(gpu, "tangent_walk", None)
+    with pytest.raises(ValueError, match=f"GPU {what}.*too large; use backend='cpu'"):
+        call()
+
+
 @pytest.mark.parametrize("call", [
     lambda cell: analysis.lyapunov_spectrum(cell, steps=4, backend="gpu"),
     lambda cell: analysis.gradient_norm_vs_lag(cell, np.zeros((3, 1, 1)), products=False,

@@ -16,12 +16,13 @@ from hypothesis import given, settings, strategies as st
 
 from kernels.cells import (PAGE_BYTES, accumulate_blocked_rows, accumulate_rows,
                            accumulate_rows_in_memory, add_packed_product, add_product,
-                           column_block_width, column_blocks, pack_column_blocks,
-                           pack_member_panels, pack_panels, panel_width, terms_per_part)
+                           column_block_width, column_blocks, dots_in_memory, input_matvec,
+                           pack_column_blocks, pack_member_panels, pack_panels, panel_width,
+                           terms_per_part)
 from kernels.projections import (TRANSPOSE_BLOCK, TRANSPOSED_PART_ROWS,
                                  add_transposed_product)
-from kernels.registers import (FUSED, PAIR_VECTORS, PANEL_VECTORS, VECTOR_BITS, WIDE_BLOCK,
-                               accumulate_pair, multiply_add)
+from kernels.registers import (DOT_ROWS, FUSED, PAIR_VECTORS, PANEL_VECTORS, VECTOR_BITS,
+                               WIDE_BLOCK, accumulate_pair, multiply_add)
 
 
 @numba.njit
@@ -86,6 +87,59 @@ def test_column_blocks_give_the_same_sums(dtype, n_rows, n_blocks, remainder, tr
     in_column_blocks(blocked[1], coefficients, got, descending)
     in_registers(np.ascontiguousarray(rows[1]), coefficients, want)
     np.testing.assert_array_equal(got, want)
+
+
+@numba.njit
+def matvec(w, x, bias, out):
+    input_matvec(w, x, bias, out)
+
+
+@numba.njit
+def matvec_in_memory(w, x, out):
+    dots_in_memory(w, x, out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n_rows=st.integers(0, 3 * DOT_ROWS),
+       n_columns=st.integers(0, 70), strided=st.sampled_from(["none", "rows", "columns", "x"]),
+       seed=st.integers(0, 2**31))
+def test_row_dot_products_equal_their_order_in_memory_bit_for_bit(dtype, n_rows, n_columns,
+                                                                   strided, seed):
+    """The step functions' matrix-vector product (``input_matvec``: dot products in
+    vector lanes, the last vector masked, eight rows at a time and then one) gives the
+    bits of the same order written in memory, for any strides, and the right sum."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(2 * n_rows, 2 * n_columns)).astype(dtype)
+    w = (w[::2, :n_columns] if strided == "rows" else w[:n_rows, ::2] if strided == "columns"
+         else np.ascontiguousarray(w[:n_rows, :n_columns]))
+    x = rng.normal(size=2 * n_columns).astype(dtype)
+    x = x[::2] if strided == "x" else x[:n_columns]
+    bias = rng.normal(size=n_rows).astype(dtype)
+    got, want = np.full(n_rows, np.nan, dtype), np.full(n_rows, np.nan, dtype)
+    matvec(w, x, bias, got)
+    matvec_in_memory(w, x, want)
+    np.testing.assert_array_equal(got, want + bias)
+    exact = w.astype(np.float64) @ x.astype(np.float64) + bias
+    tolerance = 1e-5 if dtype == np.float32 else 1e-14
+    scale = np.abs(w).astype(np.float64) @ np.abs(x) + np.abs(bias)
+    assert np.all(np.abs(got - exact) <= tolerance * scale)
+
+
+def test_row_dot_products_sum_lanes_pairwise():
+    """The order is the documented one: lane l sums the columns j = l (mod lanes), then
+    the lanes are added pairwise, halving, so lane lanes/2 meets lane 0 first. Powers
+    of two that cancel only in that order tell it from a sum in column order or lane by
+    lane, where 2^60 + 1 rounds to 2^60 before -2^60 cancels it: both would give 0."""
+    lanes = VECTOR_BITS // 64
+    if lanes < 4:
+        pytest.skip("with two lanes, pairwise is lane by lane")
+    x, w = np.ones(lanes), np.zeros((1, lanes))
+    w[0, 0], w[0, 1], w[0, lanes // 2] = 2.0 ** 60, 1.0, -(2.0 ** 60)
+    out = np.empty(1)
+    matvec(w, x, np.zeros(1), out)
+    assert out[0] == 1.0
+    matvec_in_memory(w, x, out)
+    assert out[0] == 1.0
 
 
 @numba.njit
