@@ -88,21 +88,26 @@ def numpy_loop(kind, xs, h, c, w_ih, w_hh, b_ih, b_hh):
     return h
 
 
-def torch_loop(kind, xs, h, c, w_ih, w_hh, b_ih, b_hh):
-    D, H = xs.shape[1], h.shape[0]
-    cell = (torch.nn.LSTMCell(D, H) if kind == "lstm" else torch.nn.RNNCell(D, H)).to(
-        torch.float64 if xs.dtype == np.float64 else torch.float32)
+def torch_cell(kind, D, H, dtype, w_ih, w_hh, b_ih, b_hh):
+    """``torch.nn.LSTMCell`` / ``RNNCell`` with the given weights (built once, untimed)."""
+    module = (torch.nn.LSTMCell(D, H) if kind == "lstm" else torch.nn.RNNCell(D, H)).to(
+        torch.float64 if dtype == np.float64 else torch.float32)
     with torch.no_grad():
         for name, value in (("weight_ih", w_ih), ("weight_hh", w_hh), ("bias_ih", b_ih),
                             ("bias_hh", b_hh)):
-            getattr(cell, name).copy_(torch.from_numpy(value))
+            getattr(module, name).copy_(torch.from_numpy(value))
+    return module
+
+
+def torch_loop(module, lstm, xs, h, c):
+    with torch.no_grad():
         xs, h, c = (torch.from_numpy(a)[None] if a.ndim == 1 else torch.from_numpy(a)[:, None]
                     for a in (xs, h, c))
         for x in xs:
-            if kind == "lstm":
-                h, c = cell(x, (h, c))
+            if lstm:
+                h, c = module(x, (h, c))
             else:
-                h = cell(x, h)
+                h = module(x, h)
     return h[0].numpy()
 
 
@@ -123,7 +128,8 @@ def workload(kind, H, T, dtype):
              "numba dot": lambda: numba_dot(xs, h0.copy(), c0.copy(), *weights),
              "numpy": lambda: numpy_loop(kind, xs, h0, c0, *weights)}
     if torch is not None:
-        impls["torch cell"] = lambda: torch_loop(kind, xs, h0, c0, *weights)
+        module = torch_cell(kind, H, H, dtype, *weights)
+        impls["torch cell"] = lambda: torch_loop(module, kind == "lstm", xs, h0, c0)
     return impls
 
 

@@ -23,7 +23,8 @@ __all__ = ["require_gpu", "layer_forward", "layer_backward", "to_device", "to_ho
 
 #: The walk (one block per sequence, all steps in one launch) runs when there are at
 #: least this many sequences (E * B) to fill the GPU, or a batch too small for the
-#: batched recurrence's tiles; otherwise each step is a tiled matrix product.
+#: batched recurrence's tiles, and its state fits a block's shared memory
+#: (``uses_walk``); otherwise each step is a tiled matrix product.
 WALK_MIN_SEQUENCES = 2048
 BATCHED_MIN_BATCH = 32
 #: Long sums of ``matmul`` (over T * B rows, or over members) are split into chunks of at

@@ -369,47 +369,28 @@ def add_product(a, b, out):
 @jit(inline=True)
 def input_matvec(w, x, bias, out):
     """out[:G*H] = W x + bias for ``w = W`` of shape (G*H, D): one dot product per row,
-    summed in vector lanes (``kernels.registers.dot_rows``, eight rows at a time), then
-    added to the bias. Strided ``w`` or ``x`` take the same order in memory
-    (``dot_row_in_memory``): the same bits every way."""
-    n_rows = w.shape[0]
+    summed in vector lanes (``row_dots``), then added to the bias. Strided ``w`` or ``x``
+    are copied first: the same bits for any strides."""
     if w.strides[1] != w.itemsize or x.strides[0] != x.itemsize:
-        dots_in_memory(w, x, out)
+        row_dots(np.ascontiguousarray(w), np.ascontiguousarray(x), out)
     else:
-        i = 0
-        while i + DOT_ROWS <= n_rows:
-            sums = dot_rows(w, x, i, DOT_ROWS)
-            for r in range(DOT_ROWS):
-                out[i + r] = sums[r]
-            i += DOT_ROWS
-        for i in range(i, n_rows):
-            out[i] = dot_rows(w, x, i, 1)[0]
-    for i in range(n_rows):
+        row_dots(w, x, out)
+    for i in range(w.shape[0]):
         out[i] += bias[i]
 
 
 @jit
-def dots_in_memory(w, x, out):
-    """out[i] = ``dot_row_in_memory`` of each row i of ``w``."""
-    partial = np.empty(VECTOR_BITS // (8 * out.itemsize), out.dtype)
-    for i in range(w.shape[0]):
-        out[i] = dot_row_in_memory(w[i], x, partial)
-
-
-@jit
-def dot_row_in_memory(row, x, partial):
-    """The dot product of ``kernels.registers.dot_rows`` for one row, any strides: the
-    lanes' sums in ``partial`` (one vector's length), then added pairwise, halving."""
-    lanes = partial.shape[0]
-    partial[:] = 0.0
-    for j in range(x.shape[0]):
-        partial[j % lanes] = multiply_add(row[j], x[j], partial[j % lanes])
-    width = lanes
-    while width > 1:
-        width //= 2
-        for lane in range(width):
-            partial[lane] += partial[lane + width]
-    return partial[0]
+def row_dots(w, x, out):
+    """out[i] = the dot product of row i of ``w`` with ``x`` (both with contiguous rows),
+    by ``kernels.registers.dot_rows``: eight rows at a time, then one at a time."""
+    i = 0
+    while i + DOT_ROWS <= w.shape[0]:
+        sums = dot_rows(w, x, i, DOT_ROWS)
+        for r in range(DOT_ROWS):
+            out[i + r] = sums[r]
+        i += DOT_ROWS
+    for i in range(i, w.shape[0]):
+        out[i] = dot_rows(w, x, i, 1)[0]
 
 
 @jit

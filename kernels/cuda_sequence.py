@@ -31,18 +31,21 @@ from kernels.cells import GRU, LSTM
 from kernels.cuda_api import (TILE, cuda, device, gru_unit, gru_unit_backward, lstm_unit,
                               lstm_unit_backward, numba_float, rnn_unit, rnn_unit_slope)
 
+#: Threads per block of a walk at most (the size of its reduction buffer). The walks
+#: need up to 154 registers per thread (the float64 Lyapunov walk, compiled for sm_90),
+#: and a block has 64K: 1,024 threads could not launch ("too many resources
+#: requested"), 256 always can (255 registers at most).
+MAX_THREADS = 256
 #: Dynamic shared memory a walk's block may use: the 48 KiB a block gets without opting
-#: in, less the 8 KiB of ``walk_backward``'s reduction buffer.
-SHARED_BYTES = 40 * 1024
-#: Threads per block of a walk at most (the size of that reduction buffer).
-MAX_THREADS = 1024
+#: in, less the reduction buffer of ``MAX_THREADS`` float64 values.
+SHARED_BYTES = 48 * 1024 - 8 * MAX_THREADS
 FLOAT64 = numba_float("float64")
 
 
 def state_fits(n_gate_rows, n_units, itemsize):
     """Whether a walk's block can hold its state and gate rows in shared memory (the
     backward walk's three state rows, the most); beyond, layers run as the batched
-    recurrence (float64 LSTM: H > 731)."""
+    recurrence (float64 LSTM: H > 841)."""
     return (3 * n_units + n_gate_rows) * itemsize <= SHARED_BYTES
 
 

@@ -5,7 +5,7 @@ block per sequence (ensemble member e, batch element b) advances the state and k
 tangent vectors together, q <- J_t q, for all steps in one launch, and
 re-orthonormalises the tangents every ``interval`` steps, accumulating log |R_jj| in
 float64 (Benettin et al. 1980). The state lives in shared memory (2H values: up to
-H = 2,560 in float64); the gate values and pre-activations (8H), the tangents (S, k) and
+H = 2,944 in float64); the gate values and pre-activations (8H), the tangents (S, k) and
 their products with W_hh (G*H, k) in global memory, one slice per block (each step reads
 W_hh k + 1 times, G*H*H*(k + 1) values, against 8H for the rows). The QR is modified
 Gram-Schmidt, each projection done twice ("twice is enough", Giraud et al. 2005), its

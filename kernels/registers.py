@@ -181,9 +181,10 @@ DOT_ROWS = 8
 def dot_rows(typingctx, matrix, x, first, n_rows):
     """The dot products with ``x`` of ``n_rows`` (a literal) rows of ``matrix`` from row
     ``first``, as a tuple. Lane l of each row's vector register sums the terms of the
-    columns j = l (mod lanes) in order (the last vector loaded under a mask); then the
-    lanes are added pairwise, halving: lane l + w/2 onto lane l for w = lanes, lanes/2,
-    ..., 2. ``kernels.cells.dot_row_in_memory`` is the same order in memory.
+    columns j = l (mod lanes) in order (the last vector loaded under a mask, lanes past
+    the row left as they are); then the lanes are added pairwise, halving: lane
+    l + w/2 onto lane l for w = lanes, lanes/2, ..., 2 (``tests/test_registers.py``
+    writes this order in memory).
 
     Assumes (the caller checks) unit stride along the rows of ``matrix`` and along ``x``,
     and the rows within ``matrix``.
@@ -213,11 +214,14 @@ def dot_rows(typingctx, matrix, x, first, n_rows):
         zero = ir.Constant(vector, [0.0] * n_lanes)
         sums = [cgutils.alloca_once_value(builder, zero) for _ in range(count)]
 
-        def add_vector(load):
+        def add_vector(load, in_row=None):
             x_k = load(x_vectors)
             for r in range(count):
-                builder.store(_multiply_add(builder, load(rows[r]), x_k,
-                                            builder.load(sums[r])), sums[r])
+                total = builder.load(sums[r])
+                new = _multiply_add(builder, load(rows[r]), x_k, total)
+                if in_row is not None:  # fma(0, 0, -0.0) would be +0.0
+                    new = builder.select(in_row, new, total)
+                builder.store(new, sums[r])
 
         with cgutils.for_range(builder, n_vectors) as loop:
             add_vector(lambda row: builder.load(builder.gep(row, [loop.index]), align=align))
@@ -230,7 +234,7 @@ def dot_rows(typingctx, matrix, x, first, n_rows):
                                                          in_row.type, vector]),
                 f"llvm.masked.load.v{n_lanes}{vector.element.intrinsic_name}.p0")
             add_vector(lambda row: builder.call(masked_load, [
-                builder.gep(row, [n_vectors]), _i32(align), in_row, zero]))
+                builder.gep(row, [n_vectors]), _i32(align), in_row, zero]), in_row)
         result = context.get_constant_undef(signature.return_type)
         for r in range(count):
             total, width = builder.load(sums[r]), n_lanes

@@ -9,7 +9,8 @@ PATHS = ("walk", "walk_strided", "batched")
 
 
 def use_path(monkeypatch, path):
-    """Make layers of any size take ``path`` until ``monkeypatch`` is undone."""
+    """Make layers of any size take ``path`` until ``monkeypatch`` is undone (layers whose
+    state outgrows a walk's shared memory run batched on every path)."""
     from dynamics import gpu
     from kernels import cuda_sequence
 

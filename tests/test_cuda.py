@@ -254,13 +254,18 @@ def test_analysis_refuses_what_the_gpu_does_not_compute():
 
 def test_layers_too_large_for_a_walk_run_as_the_batched_recurrence(monkeypatch):
     """A walk holds its state and gate rows in a block's shared memory: 3H + G*H values
-    within ``SHARED_BYTES`` (float64 LSTM: H <= 731). Larger layers take the batched
-    recurrence, whatever the number of sequences, and still agree with the CPU."""
+    within ``SHARED_BYTES`` (float64 LSTM: H <= 841). Larger layers take the batched
+    recurrence, whatever the number of sequences, and still agree with the CPU; up to
+    there, the walks' launches ask for no more than ``SHARED_BYTES``."""
     from kernels import cuda_sequence
 
-    for itemsize, largest in ((8, 731), (4, 1462)):
+    for itemsize, largest in ((8, 841), (4, 1682)):
         assert gpu.uses_walk(4096, 1, 4 * largest, largest, itemsize)
         assert not gpu.uses_walk(4096, 1, 4 * (largest + 1), largest + 1, itemsize)
+        for state_rows in (2, 3):   # the forward walk's and the backward walk's
+            launch, cache = gpu._walk_launch(4096, 1, 4 * largest, largest, itemsize,
+                                             state_rows)
+            assert not cache and launch[3] <= cuda_sequence.SHARED_BYTES
     cell = random_cell("lstm", 2, 3, seed=1)
     x = np.random.default_rng(1).normal(size=(4, 2, 2))
     grad_output = np.ones((4, 2, 3))
@@ -277,19 +282,33 @@ def test_layers_too_large_for_a_walk_run_as_the_batched_recurrence(monkeypatch):
 
 
 @pytest.mark.parametrize("call, what", [
-    (lambda: analysis.lyapunov_spectrum(random_cell("rnn_tanh", 1, 2561), steps=4,
+    (lambda: analysis.lyapunov_spectrum(random_cell("rnn_tanh", 1, 2945), steps=4,
                                         backend="cuda"), "Lyapunov"),
-    (lambda: analysis.gradient_norm_vs_lag(random_cell("lstm", 1, 732), np.zeros((3, 1, 1)),
+    (lambda: analysis.gradient_norm_vs_lag(random_cell("lstm", 1, 842), np.zeros((3, 1, 1)),
                                            products=False, backend="cuda"), "adjoint")])
 def test_analysis_refuses_networks_too_large_for_a_block_before_any_work(call, what,
                                                                          monkeypatch):
     """The GPU Lyapunov walk holds 2H values in a block's shared memory (float64: H <=
-    2,560), the adjoint walk 3H + G*H (float64 LSTM: H <= 731): larger networks get a
+    2,944), the adjoint walk 3H + G*H (float64 LSTM: H <= 841): larger networks get a
     clear error naming the backend to use, before any trajectory."""
     monkeypatch.setattr(dynamics, "forward", None)
     monkeypatch.setattr(gpu, "tangent_walk", None)
     with pytest.raises(ValueError, match=f"GPU {what}.*too large; use backend='cpu'"):
         call()
+
+
+def test_every_kernel_can_launch_with_its_largest_block():
+    """A block has 64K registers and 48 KiB of shared memory without opting in. No
+    kernel is launched with more than 256 threads (walks ``MAX_THREADS``, the others
+    ``THREADS`` or TILE x TILE), so even one at ptxas's maximum of 255 registers per
+    thread launches (1,024-thread walks needed 121-154 registers: too many); and a
+    walk's dynamic shared memory and its reduction buffer fit together."""
+    from kernels import cuda_sequence
+
+    largest_block = max(cuda_sequence.MAX_THREADS, gpu.THREADS, cuda_sequence.TILE ** 2)
+    assert largest_block * 255 <= 64 * 1024
+    assert cuda_sequence.walk_threads(10 ** 6) == cuda_sequence.MAX_THREADS
+    assert cuda_sequence.SHARED_BYTES + 8 * cuda_sequence.MAX_THREADS <= 48 * 1024
 
 
 @pytest.mark.parametrize("call", [

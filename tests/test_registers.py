@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from kernels.cells import (PAGE_BYTES, accumulate_blocked_rows, accumulate_rows,
                            accumulate_rows_in_memory, add_packed_product, add_product,
-                           column_block_width, column_blocks, dots_in_memory, input_matvec,
+                           column_block_width, column_blocks, input_matvec,
                            pack_column_blocks, pack_member_panels, pack_panels, panel_width,
                            terms_per_part)
 from kernels.projections import (TRANSPOSE_BLOCK, TRANSPOSED_PART_ROWS,
@@ -96,24 +96,42 @@ def matvec(w, x, bias, out):
 
 @numba.njit
 def matvec_in_memory(w, x, out):
-    dots_in_memory(w, x, out)
+    """The order of ``kernels.registers.dot_rows`` written in memory, one term at a
+    time, for each row: lane l (of a vector's lanes) sums the columns j = l (mod lanes)
+    in order, then the lanes are added pairwise, halving."""
+    partial = np.empty(VECTOR_BITS // (8 * out.itemsize), out.dtype)
+    for i in range(w.shape[0]):
+        partial[:] = 0.0
+        for j in range(x.shape[0]):
+            lane = j % partial.shape[0]
+            partial[lane] = multiply_add(w[i, j], x[j], partial[lane])
+        width = partial.shape[0]
+        while width > 1:
+            width //= 2
+            for lane in range(width):
+                partial[lane] += partial[lane + width]
+        out[i] = partial[0]
 
 
 @settings(max_examples=60, deadline=None)
 @given(dtype=st.sampled_from([np.float32, np.float64]), n_rows=st.integers(0, 3 * DOT_ROWS),
-       n_columns=st.integers(0, 70), strided=st.sampled_from(["none", "rows", "columns", "x"]),
+       n_columns=st.integers(0, 70),
+       strided=st.sampled_from(["none", "rows", "columns", "x", "reversed", "fortran"]),
        seed=st.integers(0, 2**31))
 def test_row_dot_products_equal_their_order_in_memory_bit_for_bit(dtype, n_rows, n_columns,
                                                                    strided, seed):
     """The step functions' matrix-vector product (``input_matvec``: dot products in
     vector lanes, the last vector masked, eight rows at a time and then one) gives the
-    bits of the same order written in memory, for any strides, and the right sum."""
+    bits of the same order written in memory, for any strides (strided rows read in
+    place, other layouts copied), and the right sum."""
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(2 * n_rows, 2 * n_columns)).astype(dtype)
-    w = (w[::2, :n_columns] if strided == "rows" else w[:n_rows, ::2] if strided == "columns"
-         else np.ascontiguousarray(w[:n_rows, :n_columns]))
+    w = {"rows": w[::2, :n_columns], "columns": w[:n_rows, ::2],
+         "reversed": w[:n_rows, :n_columns][::-1, ::-1],
+         "fortran": np.asfortranarray(w[:n_rows, :n_columns])}.get(
+        strided, np.ascontiguousarray(w[:n_rows, :n_columns]))
     x = rng.normal(size=2 * n_columns).astype(dtype)
-    x = x[::2] if strided == "x" else x[:n_columns]
+    x = {"x": x[::2], "reversed": x[:n_columns][::-1]}.get(strided, x[:n_columns])
     bias = rng.normal(size=n_rows).astype(dtype)
     got, want = np.full(n_rows, np.nan, dtype), np.full(n_rows, np.nan, dtype)
     matvec(w, x, bias, got)
@@ -125,21 +143,34 @@ def test_row_dot_products_equal_their_order_in_memory_bit_for_bit(dtype, n_rows,
     assert np.all(np.abs(got - exact) <= tolerance * scale)
 
 
-def test_row_dot_products_sum_lanes_pairwise():
+@pytest.mark.parametrize("dtype, big", [(np.float32, 2.0 ** 30), (np.float64, 2.0 ** 60)])
+def test_row_dot_products_sum_lanes_pairwise(dtype, big):
     """The order is the documented one: lane l sums the columns j = l (mod lanes), then
     the lanes are added pairwise, halving, so lane lanes/2 meets lane 0 first. Powers
     of two that cancel only in that order tell it from a sum in column order or lane by
-    lane, where 2^60 + 1 rounds to 2^60 before -2^60 cancels it: both would give 0."""
-    lanes = VECTOR_BITS // 64
+    lane, where big + 1 rounds to big before -big cancels it: both would give 0."""
+    lanes = VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
     if lanes < 4:
         pytest.skip("with two lanes, pairwise is lane by lane")
-    x, w = np.ones(lanes), np.zeros((1, lanes))
-    w[0, 0], w[0, 1], w[0, lanes // 2] = 2.0 ** 60, 1.0, -(2.0 ** 60)
-    out = np.empty(1)
-    matvec(w, x, np.zeros(1), out)
+    x, w = np.ones(lanes, dtype), np.zeros((1, lanes), dtype)
+    w[0, 0], w[0, 1], w[0, lanes // 2] = big, 1.0, -big
+    out = np.empty(1, dtype)
+    matvec(w, x, np.zeros(1, dtype), out)
     assert out[0] == 1.0
     matvec_in_memory(w, x, out)
     assert out[0] == 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_dot_products_keep_the_sign_of_zero(dtype):
+    """Products that round to -0.0 sum to -0.0: the lanes past the end of the masked last
+    vector are left as they are (adding 0 * 0 there would make them +0.0)."""
+    lanes = VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+    tiny = np.finfo(dtype).smallest_subnormal
+    w, x = np.full((3, lanes + 1), -tiny, dtype), np.full(lanes + 1, tiny, dtype)
+    out = np.ones(3, dtype)
+    matvec(w, x, np.full(3, -0.0, dtype), out)
+    assert np.all(out == 0) and np.all(np.signbit(out))
 
 
 @numba.njit
