@@ -368,15 +368,20 @@ def add_product(a, b, out):
 
 @jit(inline=True)
 def input_matvec(w, x, bias, out):
-    """out[:G*H] = W x + bias for ``w = W`` of shape (G*H, D): one dot product per row,
-    summed in vector lanes (``row_dots``), then added to the bias. Strided ``w`` or ``x``
-    are copied first: the same bits for any strides."""
+    """out[:G*H] = W x + bias for ``w = W`` of shape (G*H, D) (``matvec``, then the bias)."""
+    matvec(w, x, out)
+    for i in range(w.shape[0]):
+        out[i] += bias[i]
+
+
+@jit(inline=True)
+def matvec(w, x, out):
+    """out = w @ x, one dot product per row summed in vector lanes (``row_dots``); strided
+    ``w`` or ``x`` are copied first: the same bits for any strides."""
     if w.strides[1] != w.itemsize or x.strides[0] != x.itemsize:
         row_dots(np.ascontiguousarray(w), np.ascontiguousarray(x), out)
     else:
         row_dots(w, x, out)
-    for i in range(w.shape[0]):
-        out[i] += bias[i]
 
 
 @jit

@@ -13,9 +13,11 @@ a = W_hh h_prev and to the previous state directly. With ``lin`` and W_hh:
 - ``state_jacobian`` forms J (S, S) itself.
 
 Blocks of k vectors are (S, k) arrays for tangents and (k, S) for adjoints, so each
-product with W_hh is one BLAS call (``np.dot``). ``tangent_combine`` also works on a
-block of units (rows u0:u1 of q and the matching rows of each gate), which is how the
-Lyapunov kernel splits one large network across threads.
+product with W_hh is one matrix product; for one vector, ``state_jvp`` and ``state_vjp``
+sum in vector registers (``kernels.cells.matvec`` and ``accumulate_rows``).
+``tangent_combine`` also works on a block of units (rows u0:u1 of q and the matching
+rows of each gate), which is how the Lyapunov kernel splits one large network across
+threads.
 
 All functions are ``@njit`` and callable from your own code; they assume one float
 dtype throughout, C-contiguous ``w_hh`` (G*H, H) and the shapes given, and check nothing.
@@ -42,7 +44,8 @@ True
 import numpy as np
 
 from kernels._jit import jit
-from kernels.cells import LIN_C, LIN_CC, LIN_H, LIN_HC, LIN_HH
+from kernels.cells import (LIN_C, LIN_CC, LIN_H, LIN_HC, LIN_HH, accumulate_rows,
+                           matvec)
 from kernels.memory import fill
 
 
@@ -104,7 +107,8 @@ def state_jvp(lin, w_hh, qh, qc, qh_out, qc_out):
     """(qh_out, qc_out) = J (qh, qc) for one tangent vector (1-D arrays, strided ones
     too, such as a column ``q[:, j]``; qc, qc_out of length 0 unless LSTM). Outputs must
     not alias inputs."""
-    a = np.dot(w_hh, np.ascontiguousarray(qh))
+    a = np.empty(w_hh.shape[0], qh.dtype)
+    matvec(w_hh, qh, a)
     tangent_combine(lin, a[:, None], qh[:, None], qc[:, None], qh_out[:, None],
                     qc_out[:, None])
 
@@ -115,7 +119,8 @@ def state_vjp(lin, w_hh, lh, lc, lh_out, lc_out):
     step). 1-D arrays, strided ones too; outputs must not alias inputs."""
     gates = np.empty((1, w_hh.shape[0]), lh.dtype)
     adjoint_gates(lin, lh[None, :], lc[None, :], gates)
-    through_w = np.dot(gates, w_hh)
+    through_w = np.zeros((1, w_hh.shape[1]), lh.dtype)
+    accumulate_rows(w_hh, gates[0], through_w[0])
     adjoint_direct(lin, lh[None, :], lc[None, :], through_w, lh_out[None, :], lc_out[None, :])
 
 
