@@ -376,8 +376,9 @@ def input_matvec(w, x, bias, out):
 
 @jit(inline=True)
 def matvec(w, x, out):
-    """out = w @ x, one dot product per row summed in vector lanes (``row_dots``); strided
-    ``w`` or ``x`` are copied first: the same bits for any strides."""
+    """out = w @ x, one dot product per row summed in vector lanes (``row_dots``); ``w``
+    with strided columns, or a strided ``x``, is copied first: the same bits for any
+    strides (strided rows are read in place)."""
     if w.strides[1] != w.itemsize or x.strides[0] != x.itemsize:
         row_dots(np.ascontiguousarray(w), np.ascontiguousarray(x), out)
     else:

@@ -163,8 +163,9 @@ def test_row_dot_products_sum_lanes_pairwise(dtype, big):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_dot_products_keep_the_sign_of_zero(dtype):
-    """Products that round to -0.0 sum to -0.0: the lanes past the end of the masked last
-    vector are left as they are (adding 0 * 0 there would make them +0.0)."""
+    """Products that round to -0.0 sum to -0.0 (when every lane gets a term: the row at
+    least one vector long): the lanes past the end of the masked last vector are left
+    as they are (adding 0 * 0 there would make them +0.0)."""
     lanes = VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
     tiny = np.finfo(dtype).smallest_subnormal
     w, x = np.full((3, lanes + 1), -tiny, dtype), np.full(lanes + 1, tiny, dtype)
