@@ -629,9 +629,9 @@ def cell_linearisation(cell, saved, h_prev, c_prev, h, c, lin):
 @jit
 def _step(cell, x, h, c, weight_ih, weight_hh, bias_ih, bias_hh, h_out, c_out):
     """One step (h, c) -> (h_out, c_out); returns the row it saved (``cell_forward``)."""
-    n_rows = weight_hh.shape[0]
-    p = np.empty(saved_width(cell, h.shape[0]), h.dtype)
-    ph = np.empty(n_rows, h.dtype)
+    width = saved_width(cell, h.shape[0])
+    work = np.empty(width + weight_hh.shape[0], h.dtype)   # one allocation: p, then ph
+    p, ph = work[:width], work[width:]
     input_matvec(weight_ih, x, bias_ih, p)
     input_matvec(weight_hh, h, bias_hh, ph)
     cell_forward(cell, p, ph, h, c, h_out, c_out)
